@@ -1,0 +1,60 @@
+"""The normalised syscall event and the per-process batch the collector emits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Event types that close a process session.
+EXIT_TYPES = frozenset({"exit"})
+#: Event types that replace the process image (start a new session on success).
+EXEC_TYPES = frozenset({"execve"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """What the collector saw of a process; every string came from a hostile source."""
+
+    host: str
+    container_id: str
+    pid: int
+    ppid: int
+    comm: str
+    exe: str
+    cmdline: str
+    container_image: str = ""
+
+    @property
+    def key(self) -> str:
+        """Kafka key: one process (including PID reuse) stays on one partition."""
+        return f"{self.host}/{self.container_id}/{self.pid}"
+
+
+@dataclass(frozen=True, slots=True)
+class Syscall:
+    """One system call, normalised so strace and sysdig agree.
+
+    Attributes:
+        ts_ns: wall-clock time of the call, nanoseconds since the epoch.
+        tid: thread that made it.
+        name: canonical syscall name (see ``core.syscalls``).
+        res: return value; negative means failure; 0 when unknown.
+        arg: the file path or socket address the call touched, or "".
+    """
+
+    ts_ns: int
+    tid: int
+    name: str
+    res: int = 0
+    arg: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Consecutive syscalls of one process image, as published to Kafka."""
+
+    process: ProcessInfo
+    events: tuple[Syscall, ...] = field(default_factory=tuple)
+    source: str = "sysdig"
+
+    def __len__(self) -> int:
+        return len(self.events)

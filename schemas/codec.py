@@ -1,0 +1,127 @@
+"""Versioned Avro schemas and their wire encoding.
+
+Every message carries its writer schema's identity with Avro single-object
+encoding: ``C3 01``, the schema's 8-byte CRC-64-AVRO fingerprint (little
+endian), then the binary datum. A reader resolves any known version of a
+subject to the newest one, so an older producer and a newer consumer (or the
+reverse) keep working; an unknown fingerprint is a ``SchemaError``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from systerns.core.errors import SchemaError
+
+SCHEMA_DIR = Path(__file__).parent / "avro"
+MAGIC = b"\xc3\x01"
+SUBJECTS = ("event_batch", "verdict", "alert", "dead_letter")
+_VERSION_RE = re.compile(r"^v(\d+)\.avsc$")
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaVersion:
+    """One version of one subject."""
+
+    subject: str
+    version: int
+    raw: dict
+    parsed: dict
+    fingerprint: bytes
+
+
+def _load(path: Path, subject: str, version: int) -> SchemaVersion:
+    raw = json.loads(path.read_text())
+    parsed = fastavro.parse_schema(raw, _write_hint=False)
+    canonical = to_parsing_canonical_form(parsed)
+    fp = int(fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+    return SchemaVersion(subject, version, raw, parsed, fp)
+
+
+@cache
+def versions(subject: str) -> tuple[SchemaVersion, ...]:
+    """Every stored version of a subject, oldest first.
+
+    Raises:
+        SchemaError: the subject has no schema files.
+    """
+    folder = SCHEMA_DIR / subject
+    found = []
+    for path in folder.glob("v*.avsc"):
+        m = _VERSION_RE.match(path.name)
+        if m:
+            found.append(_load(path, subject, int(m.group(1))))
+    if not found:
+        raise SchemaError("unknown_subject", subject)
+    return tuple(sorted(found, key=lambda s: s.version))
+
+
+def latest(subject: str) -> SchemaVersion:
+    """The newest version of a subject: what this code writes and reads into."""
+    return versions(subject)[-1]
+
+
+@cache
+def _by_fingerprint() -> dict[bytes, SchemaVersion]:
+    return {v.fingerprint: v for s in SUBJECTS for v in versions(s)}
+
+
+class Codec:
+    """Encodes and decodes one subject with single-object encoding.
+
+    Args:
+        subject: one of ``SUBJECTS``.
+        version: the writer version; the newest when None.
+    """
+
+    def __init__(self, subject: str, version: int | None = None) -> None:
+        self.subject = subject
+        all_versions = versions(subject)
+        self.writer = (
+            all_versions[-1]
+            if version is None
+            else next(v for v in all_versions if v.version == version)
+        )
+        self.reader = all_versions[-1]
+        self._header = MAGIC + self.writer.fingerprint
+
+    def encode(self, record: dict) -> bytes:
+        """Serialize a record; raises ``SchemaError`` when it does not fit."""
+        buf = io.BytesIO()
+        buf.write(self._header)
+        try:
+            fastavro.schemaless_writer(buf, self.writer.parsed, record)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise SchemaError("record_does_not_fit", f"{self.subject}: {exc}") from exc
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> dict:
+        """Deserialize a message of any known version of this subject.
+
+        Raises:
+            SchemaError: not single-object encoded, unknown fingerprint, another
+                subject's schema, or a datum that does not match its schema.
+        """
+        if not isinstance(data, bytes | bytearray) or data[:2] != MAGIC:
+            raise SchemaError("not_single_object", "missing C3 01 header", data or b"")
+        writer = _by_fingerprint().get(bytes(data[2:10]))
+        if writer is None:
+            raise SchemaError("unknown_schema", data[2:10].hex(), data)
+        if writer.subject != self.subject:
+            raise SchemaError(
+                "wrong_subject", f"{writer.subject} on {self.subject}", data
+            )
+        try:
+            return fastavro.schemaless_reader(
+                io.BytesIO(data[10:]), writer.parsed, self.reader.parsed
+            )
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
+            raise SchemaError("bad_datum", f"{type(exc).__name__}: {exc}", data) from exc
