@@ -92,6 +92,8 @@ def new_session(info: ProcessInfo, exec_id: str, ts_ns: int, source: str) -> dic
         "sample_paths": [],
         "judgements": 0,
         "evicted": False,
+        "partition": 0,
+        "seen_wall_ns": 0,
     }
 
 
@@ -115,8 +117,18 @@ class Sessionizer:
         self.policy = policy or SessionPolicy()
         self.watermark_ns = 0
 
-    def ingest(self, batch: EventBatch) -> list[Judgement]:
-        """Add a batch to its session; return the judgements it makes due."""
+    def ingest(
+        self, batch: EventBatch, *, partition: int = 0, wall_ns: int = 0
+    ) -> list[Judgement]:
+        """Add a batch to its session; return the judgements it makes due.
+
+        Args:
+            batch: consecutive syscalls of one process.
+            partition: the Kafka partition the batch came from (kept in the state
+                so sweeps and evictions only touch their own partition).
+            wall_ns: arrival time on the worker's clock, for idle sweeps of live
+                traffic; 0 in offline runs, which sweep on event time.
+        """
         info = batch.process
         key = info.key
         out: list[Judgement] = []
@@ -130,7 +142,7 @@ class Sessionizer:
         for ev in batch.events:
             if state is None:
                 if len(self.store) >= self.policy.max_sessions:
-                    out.extend(self._evict_oldest())
+                    out.extend(self._evict_oldest(partition))
                 state = new_session(info, str(ev.ts_ns), ev.ts_ns, batch.source)
                 state["next_judge_ns"] = ev.ts_ns + int(
                     self.policy.first_judge_s * 1e9
@@ -151,7 +163,8 @@ class Sessionizer:
         if state is not None:
             # The latest image wins for what the process is called.
             state.update(comm=info.comm, exe=info.exe, cmdline=info.cmdline,
-                         ppid=info.ppid, container_image=info.container_image)
+                         ppid=info.ppid, container_image=info.container_image,
+                         partition=partition, seen_wall_ns=wall_ns)
             if (state["n_events"] >= self.policy.min_events
                     and state["last_ts_ns"] >= state["next_judge_ns"]):
                 state["next_judge_ns"] = state["last_ts_ns"] + int(
@@ -162,13 +175,26 @@ class Sessionizer:
         return [j for j in out if j.session["n_events"] >= self.policy.min_events
                 or j.session["judgements"] > 0]
 
-    def sweep(self, now_ns: int | None = None) -> list[Judgement]:
-        """Close sessions idle for longer than the policy allows."""
+    def sweep(
+        self, now_ns: int | None = None, *, wall: bool = False,
+        partition: int | None = None,
+    ) -> list[Judgement]:
+        """Close sessions idle for longer than the policy allows.
+
+        Args:
+            now_ns: the current time; the event-time watermark when None.
+            wall: compare with the wall-clock arrival time instead of event time.
+            partition: only sweep sessions of this partition.
+        """
         now = self.watermark_ns if now_ns is None else now_ns
         limit = int(self.policy.idle_s * 1e9)
-        out = []
-        for key in [k for k, s in self.store.items() if now - s["last_ts_ns"] > limit]:
-            out.append(self._close(key, self.store[key], "idle"))
+        field_name = "seen_wall_ns" if wall else "last_ts_ns"
+        due = [
+            k for k, s in self.store.items()
+            if now - s.get(field_name, 0) > limit
+            and (partition is None or s.get("partition", 0) == partition)
+        ]
+        out = [self._close(key, self.store[key], "idle") for key in due]
         return [j for j in out if j.session["n_events"] >= self.policy.min_events]
 
     def flush(self) -> list[Judgement]:
@@ -181,8 +207,11 @@ class Sessionizer:
             del self.store[key]
         return Judgement(state, trigger, True)
 
-    def _evict_oldest(self) -> list[Judgement]:
-        key = min(self.store.keys(), key=lambda k: self.store[k]["last_ts_ns"])
+    def _evict_oldest(self, partition: int) -> list[Judgement]:
+        own = [k for k, s in self.store.items() if s.get("partition", 0) == partition]
+        if not own:
+            return []
+        key = min(own, key=lambda k: self.store[k]["last_ts_ns"])
         state = self.store[key]
         state["evicted"] = True
         return [self._close(key, state, "evicted")]

@@ -52,6 +52,10 @@ class Settings:
     malicious_threshold: float = 0.9
     #: SYSTERNS_WORKER_ID: the Faust app id (consumer group).
     worker_id: str = "systerns-worker"
+    #: SYSTERNS_IDLE_S: a session without events for this long is judged, closed.
+    idle_s: float = 30.0
+    #: SYSTERNS_JUDGE_EVERY_S: a running session is judged again this often.
+    judge_every_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -270,3 +270,37 @@ def read_capture(
         )
     log.info("capture_done", path=str(scap), lines=stats.lines,
              syscalls=stats.syscalls, batches=stats.batches, bad=stats.bad)
+
+
+def read_live(
+    host: str, stats: ReadStats, stopping=None
+) -> Iterator[EventBatch | InputError]:
+    """Run ``sysdig -j`` live and yield batches until stopped.
+
+    Raises:
+        DriverMissingError: no kernel driver (checked before sysdig starts).
+        SourceError: sysdig exited with an error.
+    """
+    check_live_driver()
+    argv = sysdig_argv(None, live=True)
+    log.info("live_capture_start")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+
+    def lines() -> Iterator[bytes]:
+        for line in proc.stdout:
+            yield line
+            if stopping is not None and stopping.is_set():
+                break
+
+    try:
+        yield from read_lines(lines(), host, stats, "sysdig-live")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if proc.returncode not in (0, -15) and not (stopping and stopping.is_set()):
+        err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+        raise SourceError(f"sysdig exited {proc.returncode}: {err.strip()[:500]}")

@@ -1,0 +1,97 @@
+"""``systerns alerts``: follow the alerts topic and print readable notifications."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import signal
+import sys
+import time
+import uuid
+
+from confluent_kafka import Consumer, KafkaError
+
+from systerns.core.errors import SchemaError
+from systerns.core.redact import clean_text
+from systerns.core.settings import Settings
+from systerns.schemas.codec import Codec
+
+
+def _ts(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def render(a: dict) -> str:
+    """A multi-line notification for a terminal; every field already cleaned."""
+    ev = a["evidence"]
+    top = ", ".join(f"{s['name']}×{s['count']}" for s in ev["top_syscalls"][:6])
+    paths = ", ".join(f"{k}:{v}" for k, v in sorted(ev["path_classes"].items(),
+                                                    key=lambda kv: -kv[1])[:6])
+    tree = " ← ".join(f"{n['name'] or '?'}({n['pid']})" for n in a["process_tree"])
+    return "\n".join([
+        f"[{a['severity'].upper()}] {a['mitre_technique']} {a['mitre_technique_name']}:"
+        f" {clean_text(a['summary'], 200)}",
+        f"  alert      {a['alert_id']}  ({a['reason']}, trigger {a['trigger']})",
+        f"  where      host {a['host']}  container {a['container_id']}"
+        + (f" ({a['container_image']})" if a["container_image"] else ""),
+        f"  process    {tree}  exe {a['exe_path']}",
+        f"  cmdline    {a['cmdline']}",
+        f"  behaves    like {a['behaves_like']} ({a['behaves_like_confidence']:.1%}),"
+        f" malicious p={a['malicious_probability']:.3f}",
+        f"  seen       {_ts(a['first_seen_ns'])} → {_ts(a['last_seen_ns'])} UTC,"
+        f" {ev['n_events']} syscalls, {ev['n_threads']} threads, {ev['duration_s']:.1f}s",
+        f"  syscalls   {top}",
+        f"  paths      {paths}",
+        f"  model      {a['model_name']} v{a['model_version']}",
+    ])
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="systerns alerts", description=__doc__)
+    p.add_argument("--bootstrap-servers")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object per alert")
+    p.add_argument("--max", type=int, default=0, help="stop after this many alerts")
+    p.add_argument("--idle-timeout-s", type=float, default=0,
+                   help="stop after this long without an alert (0: follow forever)")
+    args = p.parse_args(argv)
+    settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
+    consumer = Consumer(settings.kafka_config() | {
+        "group.id": f"systerns-alerts-cli-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+        "enable.auto.commit": False,
+    })
+    consumer.subscribe([settings.alerts_topic])
+    codec = Codec("alert")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    seen, last = 0, time.monotonic()
+    try:
+        while not stop["now"]:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if args.idle_timeout_s and time.monotonic() - last > args.idle_timeout_s:
+                    break
+                continue
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    print(f"alerts: {msg.error()}", file=sys.stderr)
+                continue
+            last = time.monotonic()
+            try:
+                a = codec.decode(msg.value())
+            except SchemaError as exc:
+                print(f"alerts: unreadable message at {msg.topic()}/{msg.partition()}"
+                      f"/{msg.offset()}: {exc}", file=sys.stderr)
+                continue
+            print(json.dumps(a, sort_keys=True) if args.json else render(a) + "\n",
+                  flush=True)
+            seen += 1
+            if args.max and seen >= args.max:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
