@@ -78,7 +78,9 @@ def main(argv: list[str]) -> int:
 
             publisher.publish(
                 trace_command(cmd, host=host, out_dir=args.trace_dir,
-                              container_id=args.container_id),
+                              container_id=args.container_id,
+                              on_error=lambda e: publisher.dead_letter(
+                                  e, stage="collector", source="strace")),
                 source=" ".join(cmd)[:200])
     finally:
         stats = publisher.close()
