@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything Systerns needs on a fresh Debian machine (idempotent):
+# Debian's sysdig and strace, the Python package with its test and evaluation
+# extras, tensorflow-serving-api without its dependencies, and Kafka's jars.
+#
+# tensorflow-serving-api's metadata requires the full `tensorflow` wheel; we run
+# on `tensorflow-cpu` instead (same modules, no GPU libraries, half the size),
+# so the API wheel is installed with --no-deps: its generated protos only import
+# tensorflow.core.framework, which tensorflow-cpu provides.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+log() { printf 'install event=%s %s\n' "$1" "${*:2}" >&2; }
+
+need_apt=()
+command -v sysdig > /dev/null || need_apt+=(sysdig)
+command -v strace > /dev/null || need_apt+=(strace)
+command -v unshare > /dev/null || need_apt+=(util-linux)
+command -v java > /dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mvn > /dev/null || need_apt+=(maven)
+if ((${#need_apt[@]})); then
+  log apt_install packages="${need_apt[*]}"
+  if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" > /dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import systerns, faust, confluent_kafka, tensorflow_serving.apis, sklearn, hypothesis, cramjam" 2> /dev/null; then
+  log pip_install
+  "$PY" -m pip install -q --disable-pip-version-check -e ".[test,eval]"
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps "tensorflow-serving-api==2.21.0"
+fi
+
+"$ROOT/scripts/kafka.sh" fetch
+log done
