@@ -22,7 +22,7 @@ import structlog
 from confluent_kafka import Consumer
 
 from systerns.cli.alerts import render
-from systerns.cli.stack import REPO, LocalStack
+from systerns.cli.stack import REPO, LocalStack, miner_argv, miner_binary
 from systerns.core.settings import Settings
 from systerns.core.verdicts import default_host
 from systerns.producers.publisher import Publisher
@@ -54,13 +54,6 @@ def normal_commands(work: Path) -> list[list[str]]:
         ["wc", "-l", str(text)],
         ["cat", str(text)],
     ]
-
-
-def miner_binary() -> Path:
-    """The real XMRig from the shared data (extracted, never configured)."""
-    from systerns.lab.miner import xmrig_path
-
-    return xmrig_path()
 
 
 def follow_alerts(bootstrap: str, topic: str, stop: threading.Event,
@@ -136,16 +129,18 @@ def main(argv: list[str]) -> int:
             sshd = bin_dir / "sshd"
             shutil.copy2(miner_binary(), sshd)
             runs.append(("sshd (renamed XMRig, benchmark, no network)",
-                         [str(sshd), "--bench=1M", "-t", "2", "--no-color",
-                          "--randomx-mode=light"],
+                         miner_argv(sshd),
                          {"netns": True, "timeout_s": args.miner_seconds}))
+        from systerns.lab.miner import hugepages_restored
+
         for label, argv_, opts in runs:
             st = TraceStats()
-            publisher.publish(trace_command(
-                argv_, host=settings.host, out_dir=traces, stats=st,
-                on_error=lambda e: publisher.dead_letter(e, stage="collector",
-                                                         source="strace"), **opts),
-                source=label)
+            with hugepages_restored():
+                publisher.publish(trace_command(
+                    argv_, host=settings.host, out_dir=traces, stats=st,
+                    on_error=lambda e: publisher.dead_letter(e, stage="collector",
+                                                             source="strace"), **opts),
+                    source=label)
             log.info("demo_recorded", command=label, exit_code=st.exit_code)
         scaps = args.scap or sorted((SHARED / "scap").glob("*/*.scap"))
         read = ReadStats()

@@ -162,3 +162,18 @@ class LocalStack:
                     pass
         if self.started_broker:
             subprocess.run(["bash", str(KAFKA_SCRIPT), "stop"], check=False)
+
+
+def miner_binary() -> Path:
+    """The real XMRig, extracted (binary only) from the shared data into the cache."""
+    from systerns.lab.miner import extract_miner
+
+    return extract_miner(REPO / ".cache" / "miner")[0]
+
+
+def miner_argv(binary: Path, threads: int = 2) -> list[str]:
+    """Benchmark mode only: no pool, no config file, nothing that touches the host."""
+    from systerns.lab.miner import safety_args
+
+    return [str(binary), "--bench=1M", "-t", str(threads), "--no-color",
+            "--randomx-mode=light", *safety_args()]

@@ -90,7 +90,7 @@ def create_app(settings: Settings, *, model=None,
         topic_replication_factor=1,
         producer_acks=-1,
         web_enabled=False,
-        broker_credentials=None,
+        broker_credentials=_credentials(settings),
         table_cleanup_interval=30.0,
     )
     events = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
@@ -238,6 +238,22 @@ def create_app(settings: Settings, *, model=None,
         start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104
 
     return app
+
+
+def _credentials(settings: Settings):
+    """Faust broker credentials from the SASL/TLS settings, or None for plaintext."""
+    import ssl
+
+    context = None
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_ca_location or None)
+    if settings.sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.sasl_username, password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism, ssl_context=context)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 class _StrKeys:
