@@ -45,6 +45,11 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env(host=args.host, bootstrap_servers=args.bootstrap_servers)
     host = settings.host or default_host()
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104 - scraped by Prometheus
+    log.info("collector_started", **settings.masked())
     publisher = Publisher(settings)
     publisher.install_signal_handlers()
     read = ReadStats()

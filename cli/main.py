@@ -20,8 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("systerns.serving.server", "serve the model over TF Serving's PredictionService"),
     "alerts": ("systerns.cli.alerts", "follow the alerts topic and print notifications"),
     "lab": ("systerns.cli.lab", "record the lab corpus of real programs with strace"),
-    "train": ("systerns.cli.train", "train and export a model version from the lab corpus"),
-    "evaluate": ("systerns.cli.evaluate", "evaluate a model version on held-out lab runs"),
+    "train": ("systerns.serving.train", "train and export a model version from the lab corpus"),
+    "evaluate": ("systerns.serving.evaluate", "evaluate a model version on held-out lab runs"),
+    "replay": ("systerns.cli.replay", "backtest a range of the events topic on model versions"),
     "scan": ("systerns.cli.scan", "judge a capture or trace file offline, without Kafka"),
     "demo": ("systerns.cli.demo", "run the whole pipeline locally on real data"),
 }

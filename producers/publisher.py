@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import structlog
 from confluent_kafka import KafkaException, Producer
+from prometheus_client import Counter
 
 from systerns.core.errors import InputError
 from systerns.core.events import EventBatch
@@ -26,6 +27,16 @@ from systerns.schemas.records import batch_to_record
 
 log = structlog.get_logger(__name__)
 MAX_RAW_BYTES = 64 * 1024
+
+SENT = Counter("systerns_collector_events_sent_total", "Syscall events queued")
+DELIVERED = Counter("systerns_collector_events_delivered_total",
+                    "Syscall events acknowledged by the brokers")
+FAILED = Counter("systerns_collector_events_failed_total",
+                 "Syscall events whose delivery failed")
+DEAD = Counter("systerns_collector_dead_letters_total", "Records dead-lettered",
+               ["reason"])
+QUEUE_FULL = Counter("systerns_collector_queue_full_waits_total",
+                     "Waits on the bounded producer queue")
 
 
 @dataclass(slots=True)
@@ -75,10 +86,12 @@ class Publisher:
             if err is not None:
                 self.stats.delivery_errors += 1
                 self.stats.events_failed += n_events
+                FAILED.inc(n_events)
                 log.error("delivery_failed", topic=msg.topic(), error=str(err))
             elif not dead:
                 self.stats.batches_delivered += 1
                 self.stats.events_delivered += n_events
+                DELIVERED.inc(n_events)
         return cb
 
     def _produce(self, topic: str, key: bytes | None, value: bytes, cb) -> None:
@@ -89,6 +102,7 @@ class Publisher:
             except BufferError:
                 # Bounded queue full: wait for deliveries instead of dropping.
                 self.stats.queue_full_waits += 1
+                QUEUE_FULL.inc()
                 self.producer.poll(0.1)
         self.producer.poll(0)
 
@@ -99,6 +113,7 @@ class Publisher:
                       self._on_delivery(len(batch), False))
         self.stats.batches_sent += 1
         self.stats.events_sent += len(batch)
+        SENT.inc(len(batch))
 
     def dead_letter(self, err: InputError, *, stage: str, source: str) -> None:
         """Record bad input with its reason on the dead-letter topic."""
@@ -110,6 +125,7 @@ class Publisher:
         self._produce(self.settings.deadletter_topic, None, self.dlq_codec.encode(rec),
                       self._on_delivery(0, True))
         self.stats.dead_letters += 1
+        DEAD.labels(err.reason).inc()
         self.stats.reasons[err.reason] = self.stats.reasons.get(err.reason, 0) + 1
 
     def publish(self, items: Iterable[EventBatch | InputError], *, source: str) -> None:

@@ -76,8 +76,14 @@ _UNIX_RE = re.compile(r'sun_path=(@?)"((?:[^"\\]|\\.)*)"')
 _CLONE_PARENT_RE = re.compile(r"CLONE_PARENT\b")
 _ESC_RE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[0-7]{1,3}|.)", re.S)
 _SIMPLE_ESC = {
-    b"n": b"\n", b"t": b"\t", b"r": b"\r", b"v": b"\v", b"f": b"\f",
-    b"a": b"\a", b"b": b"\b", b"e": b"\x1b",
+    b"n": b"\n",
+    b"t": b"\t",
+    b"r": b"\r",
+    b"v": b"\v",
+    b"f": b"\f",
+    b"a": b"\a",
+    b"b": b"\b",
+    b"e": b"\x1b",
 }
 _CTRL = {c: "?" for c in [*range(32), 127]}
 _ERRNO: dict[str, int] = {name: num for num, name in errno.errorcode.items()}
@@ -312,14 +318,17 @@ def parse_trace(
         cmdline = " ".join([comm, *argv[1:]])
         flush(p)
         p.info = ProcessInfo(
-            host, container_id, p.pid, p.info.ppid, comm,
+            host,
+            container_id,
+            p.pid,
+            p.info.ppid,
+            comm,
             _clean(ev_path or (argv[0] if argv else ""), MAX_EXE),
-            _clean(cmdline, MAX_CMDLINE), p.info.container_image,
+            _clean(cmdline, MAX_CMDLINE),
+            p.info.container_image,
         )
 
-    def handle(
-        tid: int, ts: int, raw: str, args: str, r: str, err: str | None
-    ) -> None:
+    def handle(tid: int, ts: int, raw: str, args: str, r: str, err: str | None) -> None:
         p = threads.get(tid)
         if p is None:
             p = adopt(tid)
@@ -430,8 +439,9 @@ def parse_trace(
                     if m is not None and body.startswith("---"):
                         pass
                     elif m is not None and body.startswith("+++"):
-                        if not on_exit(int(m.group(1)),
-                                       _ts_ns(m.group(2), m.group(3)), body):
+                        if not on_exit(
+                            int(m.group(1)), _ts_ns(m.group(2), m.group(3)), body
+                        ):
                             raise ParseError("bad_exit_line", "", s[:MAX_RAW])
                     elif not s.strip():
                         pass
@@ -450,8 +460,14 @@ def parse_trace(
     for p in list(procs.values()):
         flush(p)
     yield from out
-    log.debug("trace_parsed", lines=st.lines, syscalls=st.syscalls,
-              batches=st.batches, bad=st.bad, exits=st.exits)
+    log.debug(
+        "trace_parsed",
+        lines=st.lines,
+        syscalls=st.syscalls,
+        batches=st.batches,
+        bad=st.bad,
+        exits=st.exits,
+    )
 
 
 def iter_trace_file(path: Path) -> Iterator[str]:
@@ -474,8 +490,9 @@ def _which(prog: str) -> str:
 
 def strace_version() -> str:
     """The first line of ``strace -V`` (recorded with every corpus)."""
-    done = subprocess.run([_which("strace"), "-V"], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [_which("strace"), "-V"], capture_output=True, text=True, check=False
+    )
     return done.stdout.splitlines()[0].strip() if done.stdout else "unknown"
 
 
@@ -531,8 +548,15 @@ def record(
     if timeout_s is not None:
         # timeout signals its whole process group: strace blocks fatal signals
         # when run as -o FILE PROG, so the traced command gets the SIGINT.
-        cmd = [_which("timeout"), "-s", "INT", "-k", f"{KILL_GRACE_S:g}",
-               f"{timeout_s:g}", *cmd]
+        cmd = [
+            _which("timeout"),
+            "-s",
+            "INT",
+            "-k",
+            f"{KILL_GRACE_S:g}",
+            f"{timeout_s:g}",
+            *cmd,
+        ]
     if out_path.exists():
         out_path.unlink()
 
@@ -542,9 +566,15 @@ def record(
         open(stdout_path, "wb") if stdout_path else open(os.devnull, "wb") as stdout,
         tempfile.TemporaryFile() as stderr,
     ):
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
-                                env=dict(env) if env is not None else None,
-                                cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
         limit_s = None if timeout_s is None else timeout_s + KILL_GRACE_S + 10.0
         try:
             rc = proc.wait(timeout=limit_s)
@@ -563,8 +593,13 @@ def record(
         raise SourceError(f"strace wrote no trace (exit {rc}): {err_tail.strip()}")
     if rc < 0:
         rc = 128 - rc
-    log.info("trace_recorded", prog=argv[0][:200], exit_code=rc,
-             duration_s=round(duration_s, 3), trace_bytes=out_path.stat().st_size)
+    log.debug(
+        "trace_recorded",
+        prog=argv[0][:200],
+        exit_code=rc,
+        duration_s=round(duration_s, 3),
+        trace_bytes=out_path.stat().st_size,
+    )
     if rc != 0:
         log.debug("trace_command_failed", exit_code=rc, stderr_tail=err_tail[-500:])
     return rc
@@ -609,18 +644,28 @@ def trace_command(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"trace-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.strace"
-    st.exit_code = record(argv, path, timeout_s=timeout_s, netns=netns, argv0=argv0,
-                          env=env, cwd=cwd)
+    st.exit_code = record(
+        argv, path, timeout_s=timeout_s, netns=netns, argv0=argv0, env=env, cwd=cwd
+    )
     root_cwd = str(Path(cwd).absolute()) if cwd is not None else os.getcwd()
-    for item in parse_trace_file(path, host=host, container_id=container_id,
-                                 cwd=root_cwd, stats=st):
+    for item in parse_trace_file(
+        path, host=host, container_id=container_id, cwd=root_cwd, stats=st
+    ):
         if isinstance(item, InputError):
             if on_error is not None:
                 on_error(item)
             else:
-                log.warning("trace_line_unparsed", reason=item.reason,
-                            raw=str(item.raw)[:200])
+                log.warning(
+                    "trace_line_unparsed", reason=item.reason, raw=str(item.raw)[:200]
+                )
             continue
         yield item
-    log.info("trace_command_done", path=str(path), exit_code=st.exit_code,
-             lines=st.lines, syscalls=st.syscalls, batches=st.batches, bad=st.bad)
+    log.info(
+        "trace_command_done",
+        path=str(path),
+        exit_code=st.exit_code,
+        lines=st.lines,
+        syscalls=st.syscalls,
+        batches=st.batches,
+        bad=st.bad,
+    )
