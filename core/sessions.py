@@ -97,6 +97,16 @@ def new_session(info: ProcessInfo, exec_id: str, ts_ns: int, source: str) -> dic
     }
 
 
+def snapshot(state: dict) -> dict:
+    """A copy of a session that later events cannot change (two levels deep)."""
+    out = dict(state)
+    for k in ("counts", "bigrams", "paths", "last_by_tid"):
+        out[k] = dict(state[k])
+    out["tids"] = list(state["tids"])
+    out["sample_paths"] = list(state["sample_paths"])
+    return out
+
+
 def _same_image(state: dict, info: ProcessInfo) -> bool:
     return state["exe"] == info.exe and state["comm"] == info.comm
 
@@ -170,7 +180,7 @@ class Sessionizer:
                 state["next_judge_ns"] = state["last_ts_ns"] + int(
                     self.policy.judge_every_s * 1e9)
                 state["judgements"] += 1
-                out.append(Judgement(dict(state), "running", False))
+                out.append(Judgement(snapshot(state), "running", False))
             self.store[key] = state
         return [j for j in out if j.session["n_events"] >= self.policy.min_events
                 or j.session["judgements"] > 0]

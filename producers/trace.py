@@ -48,6 +48,9 @@ MAX_CMDLINE = 4096
 MAX_EXE = 1024
 MAX_ARG = 1024
 MAX_RAW = 4096
+#: Longer lines are not strace output (strace caps strings at -s 256).
+MAX_LINE_CHARS = 1 << 20
+_PATH_SCAN_CHARS = 8192
 COMM_LEN = 15
 #: Seconds between the SIGINT of a timeout and the SIGKILL that follows it.
 KILL_GRACE_S = 5.0
@@ -152,7 +155,8 @@ def _clean(s: str, cap: int) -> str:
 
 def _first_path(args: str, cwd: str | None) -> tuple[str, int]:
     """First quoted string of ``args`` (resolved when relative) and where it ends."""
-    m = _QSTR_RE.search(args)
+    # strace caps strings at 256 bytes (1 KiB escaped), so a path starts early.
+    m = _QSTR_RE.search(args, 0, _PATH_SCAN_CHARS)
     if m is None:
         return "", 0
     path = unescape(m.group(1))[:MAX_ARG]
@@ -342,10 +346,13 @@ def parse_trace(
                 names[raw] = name
         if r == "?":
             res = 0
-        else:
-            res = int(r, 0)
+        elif r[0] != "0" or len(r) == 1:
+            res = int(r)
             if res == -1 and err:
                 res = -_ERRNO.get(err, 1)
+        else:
+            # 0x... addresses, and octal modes such as umask's "022".
+            res = int(r, 16) if r[1] == "x" else int(r, 8)
         arg = ""
         end = 0
         if name in PATH_SYSCALLS:
@@ -399,6 +406,8 @@ def parse_trace(
         st.lines += 1
         s = line.rstrip("\r\n")
         try:
+            if len(s) > MAX_LINE_CHARS:
+                raise ParseError("oversized", f"{len(s)} chars", s[:MAX_RAW])
             if s.endswith(" <unfinished ...>"):
                 m = _UNFINISHED_RE.fullmatch(s)
                 if m is not None:

@@ -118,3 +118,12 @@ def test_paths_only_count_for_path_syscalls():
     sz.ingest(EventBatch(proc(), evs))
     state = sz.store["h1/c1/100"]
     assert state["paths"] == {"etc_auth": 1, "socket_inet": 1}
+
+
+def test_running_snapshots_do_not_change_after_they_are_taken():
+    sz = Sessionizer({}, SessionPolicy(min_events=5, first_judge_s=0.001))
+    out = sz.ingest(EventBatch(proc(), calls(10)))
+    snap = [j for j in out if j.trigger == "running"][0].session
+    before = (snap["n_events"], dict(snap["counts"]))
+    sz.ingest(EventBatch(proc(), calls(50, t0=S, name="write")))
+    assert (snap["n_events"], snap["counts"]) == before

