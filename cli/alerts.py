@@ -47,11 +47,29 @@ def render(a: dict) -> str:
     ])
 
 
+def format_alert(a: dict, fmt: str) -> str:
+    """One alert in an output format: text, alert JSON, OCSF or ECS."""
+    if fmt == "text":
+        return render(a) + "\n"
+    if fmt == "ocsf":
+        from systerns.core.formats import to_ocsf
+
+        a = to_ocsf(a)
+    elif fmt == "ecs":
+        from systerns.core.formats import to_ecs
+
+        a = to_ecs(a)
+    return json.dumps(a, sort_keys=True, default=str)
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="systerns alerts", description=__doc__)
     p.add_argument("--bootstrap-servers")
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object per alert")
+    p.add_argument("--format", choices=("text", "alert", "ocsf", "ecs"), default="text",
+                   help="text for people; alert (Avro record), ocsf (Detection "
+                        "Finding 2004) or ecs as one JSON object per line")
     p.add_argument("--max", type=int, default=0, help="stop after this many alerts")
     p.add_argument("--idle-timeout-s", type=float, default=0,
                    help="stop after this long without an alert (0: follow forever)")
@@ -63,7 +81,13 @@ def main(argv: list[str]) -> int:
         "enable.auto.commit": False,
     })
     consumer.subscribe([settings.alerts_topic])
-    codec = Codec("alert")
+    if settings.schema_registry_url:
+        from systerns.schemas.registry import make_codec
+
+        codec = make_codec("alert", settings.schema_registry_url,
+                           topic=settings.alerts_topic, auto_register=False)
+    else:
+        codec = Codec("alert")
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     seen, last = 0, time.monotonic()
@@ -85,8 +109,7 @@ def main(argv: list[str]) -> int:
                 print(f"alerts: unreadable message at {msg.topic()}/{msg.partition()}"
                       f"/{msg.offset()}: {exc}", file=sys.stderr)
                 continue
-            print(json.dumps(a, sort_keys=True) if args.json else render(a) + "\n",
-                  flush=True)
+            print(format_alert(a, "alert" if args.json else args.format), flush=True)
             seen += 1
             if args.max and seen >= args.max:
                 break

@@ -147,6 +147,13 @@ class LocalStack:
         log.info("process_stopped", name=name, pid=proc.pid, code=proc.returncode)
         return proc.returncode
 
+    def kill_process(self, name: str) -> None:
+        """SIGKILL a child, as a crash would: no flush, no commit, no goodbye."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait()
+        log.info("process_killed", name=name, pid=proc.pid)
+
     def stop(self, *, delete_topics: bool = True) -> None:
         for name in list(self.procs):
             self.stop_process(name)

@@ -52,6 +52,15 @@ class Settings:
     malicious_threshold: float = 0.9
     #: SYSTERNS_WORKER_ID: the Faust app id (consumer group).
     worker_id: str = "systerns-worker"
+    #: SYSTERNS_SCHEMA_REGISTRY_URL: Confluent wire format when set, else Avro
+    #: single-object encoding.
+    schema_registry_url: str = ""
+    #: SYSTERNS_WEBHOOK_URL / SYSTERNS_WEBHOOK_FORMAT (alert, ocsf, ecs, slack).
+    webhook_url: str = ""
+    webhook_format: str = "alert"
+    #: SYSTERNS_SUPPRESS_WINDOW_S: repeats of one (host, container, process,
+    #: reason) within this gap are one incident, not new alerts.
+    suppress_window_s: float = 600.0
     #: SYSTERNS_IDLE_S: a session without events for this long is judged, closed.
     idle_s: float = 30.0
     #: SYSTERNS_JUDGE_EVERY_S: a running session is judged again this often.
@@ -98,4 +107,9 @@ class Settings:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         if out["sasl_password"]:
             out["sasl_password"] = "***"
+        if out["webhook_url"]:
+            # Webhook URLs carry their secret in the path (Slack) or query.
+            from urllib.parse import urlsplit
+
+            out["webhook_url"] = f"{urlsplit(out['webhook_url']).hostname or '?'}/***"
         return out

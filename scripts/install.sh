@@ -26,7 +26,7 @@ if ((${#need_apt[@]})); then
 fi
 
 PY="${PYTHON:-python3}"
-if ! "$PY" -c "import systerns, faust, confluent_kafka, tensorflow_serving.apis, sklearn, hypothesis, cramjam" 2> /dev/null; then
+if ! "$PY" -c "import systerns, faust, confluent_kafka.schema_registry.avro, tensorflow_serving.apis, sklearn, hypothesis, cramjam, ocsf_emitter, kubernetes_validate, dockerfile_parse" 2> /dev/null; then
   log pip_install
   "$PY" -m pip install -q --disable-pip-version-check -e ".[test,eval]"
   "$PY" -m pip install -q --disable-pip-version-check --no-deps "tensorflow-serving-api==2.21.0"

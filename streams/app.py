@@ -28,6 +28,7 @@ from systerns.core.detector import Detector, Outcome
 from systerns.core.errors import InputError, ModelError, ModelUnavailableError
 from systerns.core.sessions import Judgement, SessionPolicy, Sessionizer
 from systerns.core.settings import Settings
+from systerns.core.suppression import Suppressor
 from systerns.core.verdicts import VerdictPolicy
 from systerns.schemas.codec import Codec
 from systerns.schemas.records import record_to_batch
@@ -39,7 +40,10 @@ BATCHES_IN = Counter("systerns_worker_batches_total", "Event batches consumed")
 DEAD = Counter("systerns_worker_dead_letters_total", "Records dead-lettered", ["reason"])
 JUDGED = Counter("systerns_worker_judgements_total", "Sessions judged", ["trigger"])
 ALERTS = Counter("systerns_worker_alerts_total", "Alerts emitted", ["reason"])
-DUP_ALERTS = Counter("systerns_worker_duplicate_alerts_total", "Alerts suppressed")
+DUP_ALERTS = Counter("systerns_worker_duplicate_alerts_total",
+                     "Alerts with an id already emitted")
+SUPPRESSED = Counter("systerns_worker_suppressed_alerts_total",
+                     "Alerts merged into an open incident")
 OPEN = Gauge("systerns_worker_open_sessions", "Open sessions on this worker")
 MODEL_RETRIES = Counter("systerns_worker_model_retries_total", "Model call retries")
 
@@ -111,8 +115,29 @@ def create_app(settings: Settings, *, model=None,
                          help="open sessions by process key")
 
     codec = Codec("event_batch")
-    verdict_codec, alert_codec, dlq_codec = Codec("verdict"), Codec("alert"), Codec(
-        "dead_letter")
+    verdict_codec, dlq_codec = Codec("verdict"), Codec("dead_letter")
+    if settings.schema_registry_url:
+        from systerns.schemas.registry import make_codec
+
+        alert_codec = make_codec("alert", settings.schema_registry_url,
+                                 topic=settings.alerts_topic)
+    else:
+        alert_codec = Codec("alert")
+    # XXX(#4): incidents live in memory; after a restart an open incident's next
+    # alert opens a new one (ids stay deterministic, so consumers can merge).
+    suppressor = Suppressor(window_s=settings.suppress_window_s)
+    webhook = None
+    if settings.webhook_url:
+        from systerns.streams.sinks import WebhookSink
+
+        def webhook_dead(failure) -> None:
+            rec = failure.to_dead_letter()
+            asyncio.get_event_loop().call_soon_threadsafe(
+                lambda: asyncio.ensure_future(dead.send(value=dlq_codec.encode(rec))))
+            totals["dead_letters"] += 1
+
+        webhook = WebhookSink(settings.webhook_url, fmt=settings.webhook_format,
+                              on_dead_letter=webhook_dead)
     sessionizer = Sessionizer(_StrKeys(sessions), session_policy or SessionPolicy())
     detector = Detector(model if model is not None else default_model_client(settings),
                         settings.model_name,
@@ -121,7 +146,7 @@ def create_app(settings: Settings, *, model=None,
     seen_alerts: OrderedDict[str, int] = OrderedDict()
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model")
     totals = {"events": 0, "batches": 0, "dead_letters": 0, "judgements": 0,
-              "verdicts": 0, "alerts": 0, "duplicate_alerts": 0}
+              "verdicts": 0, "alerts": 0, "duplicate_alerts": 0, "suppressed": 0}
     app.systerns_totals = totals  # type: ignore[attr-defined]
 
     async def send_dead(reason: str, detail: str, source: str, raw: bytes) -> None:
@@ -186,7 +211,14 @@ def create_app(settings: Settings, *, model=None,
             seen_alerts[a["alert_id"]] = 1
             while len(seen_alerts) > MAX_SEEN_ALERTS:
                 seen_alerts.popitem(last=False)
+            if suppressor.offer(a, time.time()) is None:
+                # The same process and reason is already an open incident.
+                SUPPRESSED.inc()
+                totals["suppressed"] += 1
+                continue
             await alerts.send(key=a["alert_id"].encode(), value=alert_codec.encode(a))
+            if webhook is not None:
+                asyncio.ensure_future(webhook.asend(a))
             ALERTS.labels(a["reason"]).inc()
             totals["alerts"] += 1
             log.warning("alert", alert_id=a["alert_id"], reason=a["reason"],
@@ -229,6 +261,21 @@ def create_app(settings: Settings, *, model=None,
                     break
             for o in outcomes:
                 await emit(o)
+
+    @app.timer(interval=10.0)
+    async def report_incidents() -> None:
+        for inc in suppressor.updates(time.time()):
+            log.info("incident_updated", incident_id=inc.incident_id, count=inc.count,
+                     reason=inc.reason, process=inc.process_name)
+            if webhook is not None:
+                doc = {"incident_id": inc.incident_id, "count": inc.count,
+                       "reason": inc.reason, "host": inc.host,
+                       "container_id": inc.container_id,
+                       "process_name": inc.process_name,
+                       "first_alert_id": inc.first_alert_id,
+                       "last_seen_s": inc.last_seen_s}
+                asyncio.ensure_future(asyncio.to_thread(
+                    webhook.post, doc, alert_id=inc.last_alert_id))
 
     @app.task
     async def report_start() -> None:
