@@ -8,7 +8,11 @@ Exit codes: 0 success; 1 runtime failure (broker, model or source error);
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# TensorFlow's C++ start-up chatter is not ours to print; errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from systerns.core.errors import SysternsError
 from systerns.core.logs import configure

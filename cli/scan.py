@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from systerns.core.detector import Detector, Outcome
-from systerns.core.errors import InputError
+from systerns.core.errors import InputError, SourceError
 from systerns.core.events import EventBatch
 from systerns.core.sessions import SessionPolicy, Sessionizer
 from systerns.core.verdicts import VerdictPolicy, default_host
@@ -78,9 +78,14 @@ def main(argv: list[str]) -> int:
 
         model = LocalModel(args.model_dir, version=args.model_version)
     detector = Detector(model, policy=VerdictPolicy(malicious_threshold=args.threshold))
-    total_alerts = 0
+    total_alerts, failed = 0, 0
     for path in args.files:
-        outcomes, counts = scan_file(path, detector, host=args.host)
+        try:
+            outcomes, counts = scan_file(path, detector, host=args.host)
+        except SourceError as exc:
+            print(f"{path.name}: unreadable: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         total_alerts += counts["alerts"]
         for o in outcomes:
             v = o.verdict
@@ -93,4 +98,4 @@ def main(argv: list[str]) -> int:
                       f"({v['confidence']:.2f}) malicious {v['malicious_probability']:.3f}"
                       f" [{v['trigger']}, {v['n_events']} syscalls]{flag}")
         print(json.dumps({"scan": counts}), file=sys.stderr)
-    return 0
+    return 1 if failed else 0

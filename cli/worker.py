@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import sys
 
@@ -30,10 +31,11 @@ def main(argv: list[str]) -> int:
     app = create_app(settings, session_policy=SessionPolicy(
         idle_s=settings.idle_s, judge_every_s=settings.judge_every_s))
 
-    @app.on_after_shutdown.connect
-    def print_totals(*_args, **_kwargs) -> None:
+    def print_totals() -> None:
         print(json.dumps({"worker": app.systerns_totals}, sort_keys=True),
               file=sys.stderr)
+
+    atexit.register(print_totals)
 
     worker = Worker(app, loglevel=args.loglevel, quiet=True)
     worker.execute_from_commandline()

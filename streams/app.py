@@ -20,6 +20,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+import orjson
 import structlog
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge, start_http_server
@@ -96,6 +97,13 @@ def create_app(settings: Settings, *, model=None,
         web_enabled=False,
         broker_credentials=_credentials(settings),
         table_cleanup_interval=30.0,
+        # Every topic of ours carries bytes (Avro, or orjson for table values);
+        # the app-wide default also covers the changelog topics on recovery.
+        key_serializer="raw",
+        value_serializer="raw",
+        # A crashed worker's partitions move after this long, not Kafka's minute.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
     )
     events = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw",
@@ -110,8 +118,7 @@ def create_app(settings: Settings, *, model=None,
     dead = app.topic(settings.deadletter_topic, key_serializer="raw",
                      value_serializer="raw")
     sessions = app.Table("sessions", default=None, partitions=partitions,
-                         schema=faust.Schema(key_serializer="raw",
-                                             value_serializer="json"),
+                         key_type=bytes, value_type=bytes,
                          help="open sessions by process key")
 
     codec = Codec("event_batch")
@@ -138,7 +145,7 @@ def create_app(settings: Settings, *, model=None,
 
         webhook = WebhookSink(settings.webhook_url, fmt=settings.webhook_format,
                               on_dead_letter=webhook_dead)
-    sessionizer = Sessionizer(_StrKeys(sessions), session_policy or SessionPolicy())
+    sessionizer = Sessionizer(_JsonTable(sessions), session_policy or SessionPolicy())
     detector = Detector(model if model is not None else default_model_client(settings),
                         settings.model_name,
                         VerdictPolicy(malicious_threshold=settings.malicious_threshold))
@@ -303,22 +310,42 @@ def _credentials(settings: Settings):
     return None
 
 
-class _StrKeys:
-    """A mutable mapping view of a Faust table with ``bytes`` keys as ``str``."""
+class _JsonTable:
+    """A Faust table of session states as a mapping of ``str`` to ``dict``.
+
+    Values are stored as orjson bytes with the ``raw`` serializer, so deletions
+    are plain tombstones that changelog recovery understands. Decoded states are
+    cached; the table stays the authority on which keys this worker owns, so
+    keys of partitions that moved to another worker are never used.
+    """
 
     def __init__(self, table) -> None:
         self.table = table
+        self._cache: dict[str, dict] = {}
 
     def get(self, key: str, default=None):
-        return self.table.get(key.encode(), default)
+        kb = key.encode()
+        if kb not in self.table:
+            self._cache.pop(key, None)
+            return default
+        state = self._cache.get(key)
+        if state is None:
+            state = orjson.loads(self.table[kb])
+            self._cache[key] = state
+        return state
 
     def __getitem__(self, key: str):
-        return self.table[key.encode()]
+        state = self.get(key)
+        if state is None:
+            raise KeyError(key)
+        return state
 
-    def __setitem__(self, key: str, value) -> None:
-        self.table[key.encode()] = value
+    def __setitem__(self, key: str, value: dict) -> None:
+        self._cache[key] = value
+        self.table[key.encode()] = orjson.dumps(value)
 
     def __delitem__(self, key: str) -> None:
+        self._cache.pop(key, None)
         del self.table[key.encode()]
 
     def __contains__(self, key: str) -> bool:
@@ -331,4 +358,8 @@ class _StrKeys:
         return [k.decode() for k in list(self.table.keys())]
 
     def items(self):
-        return [(k.decode(), v) for k, v in list(self.table.items())]
+        owned = self.keys()
+        if len(self._cache) > 2 * len(owned) + 1000:
+            keep = set(owned)
+            self._cache = {k: v for k, v in self._cache.items() if k in keep}
+        return [(k, self.get(k)) for k in owned]

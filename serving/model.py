@@ -1,0 +1,241 @@
+"""The Keras model: what a process behaves like, and whether it is malicious.
+
+One feature vector of ``FEATURE_DIM`` floats goes in; two outputs come out:
+``command_probs`` (softmax over the command classes) and ``malicious`` (a sigmoid
+probability). The model is a small ensemble: each member is a two-layer MLP with
+both heads, trained on its own with its own seed, and the exported model averages
+the members' outputs.
+
+NOTE: the ensemble is there for the malicious head. The corpus has a handful of
+miner runs, so what one network answers for programs far from every recording
+(web servers, container daemons) depends on its seed: single networks gave
+between 0.1 and 0.8 on the same normal capture. Averaging independent members
+removes most of that lottery at a cost of a few seconds of training per member.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import structlog
+
+from systerns.core.features import FEATURE_DIM
+from systerns.core.verdicts import VerdictPolicy
+
+log = structlog.get_logger(__name__)
+
+#: Output names, shared by the Keras model and the exported signature.
+OUTPUT_COMMAND = "command_probs"
+OUTPUT_MALICIOUS = "malicious"
+#: Alert when the malicious probability reaches this; recorded in the model and
+#: taken from the verdict policy so evaluation measures what the pipeline does.
+DEFAULT_MALICIOUS_THRESHOLD = VerdictPolicy().malicious_threshold
+
+
+@dataclass(frozen=True, slots=True)
+class FitConfig:
+    """Hyper-parameters of one training run.
+
+    Attributes:
+        members: networks in the ensemble.
+        epochs: passes over the training rows, per member.
+        batch_rows: rows per gradient step.
+        learning_rate: Adam's step size.
+        hidden_units: widths of each member's dense layers.
+        dropout: dropout rate after each dense layer.
+    """
+
+    members: int = 5
+    epochs: int = 80
+    batch_rows: int = 64
+    learning_rate: float = 2e-3
+    hidden_units: tuple[int, ...] = (128, 64)
+    dropout: float = 0.2
+
+
+def build_member(
+    n_classes: int, config: FitConfig, name: str = "member"
+) -> keras.Model:
+    """Build one uncompiled member network.
+
+    Args:
+        n_classes: width of the ``command_probs`` softmax.
+        config: layer sizes.
+        name: the member's name (unique within an ensemble).
+
+    Returns:
+        A functional model with input ``features`` and outputs ``command_probs``
+        (``(n, n_classes)``) and ``malicious`` (``(n, 1)``).
+    """
+    features = keras.Input((FEATURE_DIM,), name="features")
+    h = features
+    for i, units in enumerate(config.hidden_units):
+        h = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(h)
+        h = keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(h)
+    command = keras.layers.Dense(n_classes, activation="softmax", name=OUTPUT_COMMAND)
+    malicious = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_MALICIOUS)
+    return keras.Model(
+        features,
+        {OUTPUT_COMMAND: command(h), OUTPUT_MALICIOUS: malicious(h)},
+        name=name,
+    )
+
+
+def average_members(members: list[keras.Model]) -> keras.Model:
+    """One model whose outputs are the mean of the members' outputs.
+
+    Raises:
+        ValueError: no members.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    features = keras.Input((FEATURE_DIM,), name="features")
+    outs = [m(features) for m in members]
+    if len(members) == 1:
+        command = outs[0][OUTPUT_COMMAND]
+        malicious = outs[0][OUTPUT_MALICIOUS]
+    else:
+        command = keras.layers.Average(name=OUTPUT_COMMAND)(
+            [o[OUTPUT_COMMAND] for o in outs]
+        )
+        malicious = keras.layers.Average(name=OUTPUT_MALICIOUS)(
+            [o[OUTPUT_MALICIOUS] for o in outs]
+        )
+    return keras.Model(
+        features,
+        {OUTPUT_COMMAND: command, OUTPUT_MALICIOUS: malicious},
+        name="systerns",
+    )
+
+
+def build_model(n_classes: int, config: FitConfig | None = None) -> keras.Model:
+    """The untrained ensemble (for tests and shape checks)."""
+    config = config or FitConfig()
+    return average_members(
+        [build_member(n_classes, config, f"member_{i}") for i in range(config.members)]
+    )
+
+
+def balanced_weights(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Row weights giving every label the same total, and every group its share.
+
+    Each group (a recorded run) first gets weight 1 spread over its rows, so a
+    miner judged twenty times while it runs counts as one run, like a ``ls`` judged
+    once. Runs are then reweighted so every label holds the same total weight:
+    the few miner runs matter as much as the many benign ones. Weights average 1.
+
+    Args:
+        labels: class of each row (any sortable values, shape ``(n,)``).
+        groups: run of each row, shape ``(n,)``.
+
+    Returns:
+        float32 weights of shape ``(n,)``.
+    """
+    n = len(labels)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    _, group_idx, group_rows = np.unique(
+        groups, return_inverse=True, return_counts=True
+    )
+    per_row = 1.0 / group_rows[group_idx]
+    _, label_idx = np.unique(labels, return_inverse=True)
+    label_total = np.bincount(label_idx, weights=per_row)
+    weights = per_row / label_total[label_idx]
+    return (weights * n / weights.sum()).astype(np.float32)
+
+
+class _EpochLog(keras.callbacks.Callback):
+    """Logs one structlog event per finished epoch."""
+
+    def __init__(self, member: int, members: int, epochs: int) -> None:
+        super().__init__()
+        self.member = member
+        self.members = members
+        self.epochs = epochs
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        values = {k: round(float(v), 4) for k, v in (logs or {}).items()}
+        log.info(
+            "epoch_done",
+            member=self.member + 1,
+            members=self.members,
+            epoch=epoch + 1,
+            epochs=self.epochs,
+            elapsed_s=round(time.monotonic() - self.started, 1),
+            **values,
+        )
+
+
+def fit_model(
+    features: np.ndarray,
+    labels: np.ndarray,
+    malicious: np.ndarray,
+    groups: np.ndarray,
+    n_classes: int,
+    config: FitConfig | None = None,
+    *,
+    seed: int = 7,
+) -> keras.Model:
+    """Train every member on its own, then return their average.
+
+    Member ``i`` is built and shuffled under seed ``seed + i``, so a run with the
+    same data, config and seed gives the same model.
+
+    Args:
+        features: ``(n, FEATURE_DIM)`` float32 rows.
+        labels: class index per row.
+        malicious: 1.0 for rows of malicious runs, else 0.0.
+        groups: run id per row, for the per-run weighting.
+        n_classes: width of the ``command_probs`` output.
+        config: hyper-parameters; the defaults when None.
+        seed: base seed.
+
+    Returns:
+        The averaged ensemble, uncompiled.
+
+    Raises:
+        ValueError: no training rows.
+    """
+    config = config or FitConfig()
+    if len(features) == 0:
+        raise ValueError("no training rows")
+
+    targets = {OUTPUT_COMMAND: labels, OUTPUT_MALICIOUS: malicious.reshape(-1, 1)}
+    weights = {
+        OUTPUT_COMMAND: balanced_weights(labels, groups),
+        OUTPUT_MALICIOUS: balanced_weights(malicious, groups),
+    }
+    members = []
+    for i in range(config.members):
+        keras.utils.set_random_seed(seed + i)
+        member = build_member(n_classes, config, f"member_{i}")
+        member.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss={
+                OUTPUT_COMMAND: "sparse_categorical_crossentropy",
+                OUTPUT_MALICIOUS: "binary_crossentropy",
+            },
+            weighted_metrics={
+                OUTPUT_COMMAND: ["sparse_categorical_accuracy"],
+                OUTPUT_MALICIOUS: ["binary_accuracy"],
+            },
+        )
+        member.fit(
+            features,
+            targets,
+            sample_weight=weights,
+            epochs=config.epochs,
+            batch_size=config.batch_rows,
+            shuffle=True,
+            verbose=0,
+            callbacks=[_EpochLog(i, config.members, config.epochs)],
+        )
+        # A fresh copy carries the weights without the optimizer's slots.
+        bare = build_member(n_classes, config, member.name)
+        bare.set_weights(member.get_weights())
+        members.append(bare)
+    return average_members(members)

@@ -1,0 +1,223 @@
+"""Weights, training, metrics and the train-to-export path, on plumbing data.
+
+PLUMBING DATA: every run here is a short hand-made syscall stream (labels
+``plumbing_*``). The tests check wiring and arithmetic, never detection quality.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from systerns.core.events import EventBatch, ProcessInfo, Syscall
+from systerns.core.features import FEATURE_DIM
+from systerns.serving import dataset as dataset_module
+from systerns.serving import evaluate as evaluate_module
+from systerns.serving.client import LocalModel
+from systerns.serving.dataset import UNKNOWN, Split
+from systerns.serving.evaluate import evaluate, split_metrics
+from systerns.serving.export import read_metadata
+from systerns.serving.model import FitConfig, balanced_weights
+from systerns.serving.train import train
+
+SECOND_NS = 1_000_000_000
+PATTERNS = {
+    "plumbing_reader": ("openat", "read", "read", "read", "close"),
+    "plumbing_writer": ("openat", "write", "write", "fsync", "close"),
+    "plumbing_miner": ("sched_setaffinity", "futex", "futex", "mmap", "setpriority"),
+}
+
+
+def test_balanced_weights_equalise_labels_and_runs() -> None:
+    labels = np.array([0, 0, 0, 0, 1])
+    groups = np.array(["a", "a", "a", "b", "c"])
+
+    w = balanced_weights(labels, groups)
+
+    assert w.mean() == pytest.approx(1.0)
+    assert w[:3].sum() == pytest.approx(w[3])  # run a (3 rows) == run b (1 row)
+    assert w[labels == 0].sum() == pytest.approx(w[labels == 1].sum())
+
+
+def test_balanced_weights_empty() -> None:
+    assert balanced_weights(np.zeros(0), np.zeros(0)).shape == (0,)
+
+
+def _split(
+    labels: list[int],
+    runs: list[str],
+    final: list[bool],
+    mal: list[float],
+    renamed: list[bool],
+    names: tuple[str, ...],
+    shown: list[str],
+    n_events: list[int],
+) -> Split:
+    n = len(labels)
+    return Split(
+        features=np.zeros((n, FEATURE_DIM), np.float32),
+        labels=np.array(labels, np.int32),
+        label_names=np.array([names[x] for x in labels], object),
+        malicious=np.array(mal, np.float32),
+        run_ids=np.array(runs, object),
+        renamed=np.array(renamed, bool),
+        shown_names=np.array(shown, object),
+        final=np.array(final, bool),
+        n_events=np.array(n_events),
+    )
+
+
+def test_split_metrics_by_run() -> None:
+    classes = ("sha1sum", "sha256sum", "xmrig", UNKNOWN)
+    s1, s256, xm = 0, 1, 2
+    # r1 sha256sum: wrong while running, right at the end.
+    # r2 sha256sum shown as kworker: called sha1sum (an alias), confidently.
+    # r3 xmrig: one snapshot over the threshold.
+    # r4 sha1sum: called sha256sum (an alias), confidently: no masquerade.
+    # r5 sha1sum: confidently called xmrig: a false masquerade alert.
+    split = _split(
+        labels=[s256, s256, s256, xm, xm, s1, s1],
+        runs=["r1", "r1", "r2", "r3", "r3", "r4", "r5"],
+        final=[False, True, True, False, True, True, True],
+        mal=[0, 0, 0, 1, 1, 0, 0],
+        renamed=[False, False, True, False, False, False, False],
+        names=classes,
+        shown=["sha256sum"] * 2 + ["kworker", "xmrig", "xmrig"] + ["sha1sum"] * 2,
+        n_events=[100, 300, 500, 900, 1800, 300, 250],
+    )
+    predicted = [xm, s256, s1, xm, xm, s256, xm]
+    confidence = [0.8, 0.9, 0.97, 0.9, 0.9, 0.99, 0.96]
+    probs = np.full((7, 4), 0.0, np.float32)
+    for row, (p, c) in enumerate(zip(predicted, confidence, strict=True)):
+        probs[row] = (1 - c) / 3
+        probs[row, p] = c
+    mal = np.array([0.1, 0.2, 0.3, 0.95, 0.4, 0.1, 0.05], np.float32)
+
+    m = split_metrics(classes, split, probs, mal, threshold=0.9)
+
+    assert (m["runs"], m["rows"], m["renamed_runs"]) == (5, 7, 1)
+    assert m["top1_accuracy_runs"] == 0.4
+    assert m["top1_accuracy_renamed_runs"] == 0.0
+    assert m["top1_alias_accuracy_runs"] == 0.8
+    assert m["top1_alias_accuracy_renamed_runs"] == 1.0
+    assert m["top1_accuracy_rows"] == pytest.approx(3 / 7, abs=1e-4)
+    assert m["masquerade_alert_rate_renamed_benign_runs"] == 1.0
+    assert m["masquerade_false_alert_rate_runs"] == pytest.approx(1 / 3, abs=1e-4)
+    assert m["miner_recall_runs"] == 1.0
+    assert m["false_positive_rate_runs"] == 0.0
+    assert m["malicious_recall_rows"] == 0.5
+    assert m["malicious_roc_auc_rows"] == 1.0
+    assert m["confusion_runs"][s256] == [1, 1, 0, 0]
+    assert m["per_class_accuracy_runs"] == {
+        "sha1sum": 0.0,
+        "sha256sum": 0.5,
+        "xmrig": 1.0,
+    }
+    assert m["errors_runs"] == [
+        "sha1sum->sha256sum",
+        "sha1sum->xmrig",
+        "sha256sum->sha1sum",
+    ]
+
+
+def _plumbing_run(run_id: str, label: str, split: str, seconds: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    pattern = PATTERNS[label]
+    pid = 200 + seed
+    batches = []
+    for s in range(seconds):
+        names = [pattern[i % len(pattern)] for i in range(40)]
+        if rng.random() < 0.5:
+            names[rng.integers(40)] = "getpid"
+        events = tuple(
+            Syscall(10**18 + s * SECOND_NS + i * 1000, pid, n, 0, "/srv/plumbing")
+            for i, n in enumerate(names)
+        )
+        info = ProcessInfo(
+            "plumbing",
+            "",
+            pid,
+            1,
+            "kworker" if seed % 3 == 0 else label,
+            "/srv/x",
+            label,
+        )
+        batches.append(EventBatch(info, events, "strace"))
+    return {
+        "run_id": run_id,
+        "label": label,
+        "malicious": label == "plumbing_miner",
+        "split": split,
+        "renamed": seed % 3 == 0,
+        "main_pid": pid,
+        "main_exec_ts_ns": 0,
+        "batches": batches,
+    }
+
+
+@pytest.fixture
+def plumbing_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    runs = []
+    for label in PATTERNS:
+        for k in range(6):
+            seed = len(runs)
+            runs.append(
+                _plumbing_run(
+                    f"{label}-{k}",
+                    label,
+                    "test" if k >= 4 else "train",
+                    seconds=9 if label == "plumbing_miner" else 2,
+                    seed=seed,
+                )
+            )
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    manifest = {"runs": [r["run_id"] for r in runs], "programs": {}}
+    (corpus / "manifest.json").write_text(json.dumps(manifest))
+
+    def load_runs(_dir: Path, split: str | None = None) -> list[dict]:
+        return [r for r in runs if split is None or r["split"] == split]
+
+    monkeypatch.setattr(dataset_module, "load_runs", load_runs)
+    monkeypatch.setattr(evaluate_module, "load_runs", load_runs)
+    return corpus
+
+
+def test_train_exports_and_evaluates(plumbing_corpus: Path, tmp_path: Path) -> None:
+    base = tmp_path / "models"
+    config = FitConfig(members=2, epochs=30, hidden_units=(16,), learning_rate=2e-2)
+
+    with capture_logs() as logs:
+        path = train(plumbing_corpus, base, version=3, seed=1, config=config)
+    meta = read_metadata(path)
+    report = tmp_path / "report.md"
+    held_out = evaluate(base / "systerns", plumbing_corpus, report_path=report)
+
+    assert path == base / "systerns" / "3"
+    assert meta["classes"] == [*sorted(PATTERNS), UNKNOWN]
+    assert meta["seed"] == 1
+    assert len(meta["corpus_sha256"]) == 64
+    assert meta["test_runs"] == 6 and meta["train_runs"] == 12
+    epochs = [e for e in logs if e["event"] == "epoch_done"]
+    assert [(e["member"], e["epoch"]) for e in epochs] == [
+        (m, e) for m in (1, 2) for e in range(1, 31)
+    ]
+    # Three syscall patterns this distinct must be learnt.
+    assert meta["metrics"]["test"]["top1_accuracy_runs"] == 1.0
+    assert held_out["top1_accuracy_runs"] == 1.0
+    assert held_out["runs"] == 6
+    assert held_out["miner_recall_runs"] == 1.0
+    assert held_out["false_positive_rate_runs"] == 0.0
+    assert "Confusion matrix" in report.read_text()
+    assert LocalModel(path).predict(np.zeros((1, FEATURE_DIM)))[0].model_version == 3
+
+
+def test_train_refuses_existing_version(plumbing_corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "models" / "systerns" / "1").mkdir(parents=True)
+
+    with pytest.raises(FileExistsError):
+        train(plumbing_corpus, tmp_path / "models", version=1)
