@@ -19,7 +19,7 @@ import structlog
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import Counter
 
-from systerns.core.errors import InputError
+from systerns.core.errors import InputError, SchemaError
 from systerns.core.events import EventBatch
 from systerns.core.settings import Settings
 from systerns.schemas.codec import Codec
@@ -107,8 +107,16 @@ class Publisher:
         self.producer.poll(0)
 
     def send(self, batch: EventBatch) -> None:
-        """Queue one batch; blocks while the bounded queue is full."""
-        value = self.events_codec.encode(batch_to_record(batch))
+        """Queue one batch; blocks while the bounded queue is full.
+
+        A batch that does not fit the schema is dead-lettered, never dropped.
+        """
+        try:
+            value = self.events_codec.encode(batch_to_record(batch))
+        except SchemaError as exc:
+            exc.raw = repr(batch)[:MAX_RAW_BYTES].encode("utf-8", "replace")
+            self.dead_letter(exc, stage="collector", source=batch.process.key)
+            return
         self._produce(self.settings.events_topic, batch.process.key.encode(), value,
                       self._on_delivery(len(batch), False))
         self.stats.batches_sent += 1

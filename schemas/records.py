@@ -5,6 +5,23 @@ from __future__ import annotations
 from systerns.core.events import EventBatch, ProcessInfo, Syscall
 
 
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def as_i64(value: int) -> int:
+    """Fit an integer into Avro's signed 64-bit long.
+
+    Sources report some results as unsigned 64-bit (``mmap`` addresses,
+    ``-1`` printed as 18446744073709551615); those wrap to their signed value.
+    Anything larger is hostile and saturates.
+    """
+    if _I64_MIN <= value <= _I64_MAX:
+        return value
+    if _I64_MAX < value < (1 << 64):
+        return value - (1 << 64)
+    return _I64_MAX if value > 0 else _I64_MIN
+
+
 def batch_to_record(batch: EventBatch) -> dict:
     """An ``EventBatch`` as an ``event_batch`` Avro record."""
     p = batch.process
@@ -12,14 +29,15 @@ def batch_to_record(batch: EventBatch) -> dict:
         "host": p.host,
         "container_id": p.container_id,
         "container_image": p.container_image,
-        "pid": p.pid,
-        "ppid": p.ppid,
+        "pid": as_i64(p.pid),
+        "ppid": as_i64(p.ppid),
         "comm": p.comm,
         "exe": p.exe,
         "cmdline": p.cmdline,
         "source": batch.source,
         "events": [
-            {"ts_ns": e.ts_ns, "tid": e.tid, "name": e.name, "res": e.res, "arg": e.arg}
+            {"ts_ns": as_i64(e.ts_ns), "tid": as_i64(e.tid), "name": e.name,
+             "res": as_i64(e.res), "arg": e.arg}
             for e in batch.events
         ],
     }

@@ -75,3 +75,18 @@ def test_another_subject_is_refused():
 def test_a_record_that_does_not_fit_is_refused():
     with pytest.raises(SchemaError):
         Codec("dead_letter").encode({"stage": 3})
+
+
+def test_out_of_range_integers_still_encode():
+    from systerns.core.events import EventBatch, ProcessInfo, Syscall
+    from systerns.schemas.records import as_i64, batch_to_record, record_to_batch
+
+    assert as_i64(2**64 - 1) == -1
+    assert as_i64(10**30) == 2**63 - 1
+    assert as_i64(-(10**30)) == -(2**63)
+    batch = EventBatch(ProcessInfo("h", "c", 1, 0, "x", "x", "x"),
+                       (Syscall(1, 1, "mmap", 2**64 - 12, ""),
+                        Syscall(2, 1, "read", 10**40, "")))
+    codec = Codec("event_batch")
+    back = record_to_batch(codec.decode(codec.encode(batch_to_record(batch))))
+    assert [e.res for e in back.events] == [-12, 2**63 - 1]
