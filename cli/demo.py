@@ -2,7 +2,8 @@
 
 Starts the local broker (or reuses one), a fresh set of topics, the model
 server and the Faust worker; records real commands with the strace collector,
-a renamed copy of sha256sum, and the real XMRig miner renamed as ``sshd``
+a renamed copy of find (``kworker``), and the real XMRig miner renamed as
+``sshd``
 (benchmark mode, no network); publishes the real sysdig captures; prints the
 alerts as they arrive; stops everything and prints a summary.
 """
@@ -118,13 +119,13 @@ def main(argv: list[str]) -> int:
         traces = WORK / "traces"
         runs: list[tuple[str, list[str], dict]] = [
             (cmd[0], cmd, {}) for cmd in normal_commands(WORK)]
-        # A renamed copy: sha256sum that calls itself a kernel thread.
+        # A renamed copy: find that calls itself a kernel thread.
         bin_dir = WORK / "bin"
         bin_dir.mkdir(exist_ok=True)
         kworker = bin_dir / "kworker"
-        shutil.copy2(shutil.which("sha256sum") or "/usr/bin/sha256sum", kworker)
-        runs.append(("kworker (renamed sha256sum)",
-                     [str(kworker), str(WORK / "data" / "blob.bin")], {}))
+        shutil.copy2(shutil.which("find") or "/usr/bin/find", kworker)
+        runs.append(("kworker (renamed find)",
+                     [str(kworker), "/usr/share/doc", "-name", "*.gz"], {}))
         if not args.no_miner:
             sshd = bin_dir / "sshd"
             shutil.copy2(miner_binary(), sshd)
