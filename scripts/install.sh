@@ -26,9 +26,11 @@ if ((${#need_apt[@]})); then
 fi
 
 PY="${PYTHON:-python3}"
-if ! "$PY" -c "import systerns, faust, confluent_kafka.schema_registry.avro, tensorflow_serving.apis, sklearn, hypothesis, cramjam, ocsf_emitter, kubernetes_validate, dockerfile_parse" 2> /dev/null; then
-  log pip_install
-  "$PY" -m pip install -q --disable-pip-version-check -e ".[test,eval]"
+# Always (re)install this checkout in editable mode, so `systerns` and the tests
+# run this tree's code even when another checkout was installed before.
+log pip_install
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test,eval]"
+if ! "$PY" -c "import tensorflow_serving.apis.prediction_service_pb2_grpc" 2> /dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check --no-deps "tensorflow-serving-api==2.21.0"
 fi
 
