@@ -96,7 +96,8 @@ def check_live_driver() -> None:
         return
     raise DriverMissingError(
         "live capture needs sysdig's kernel driver (scap module or eBPF probe), "
-        "and none is loaded on this host. Install it as deploy/docs describe, or "
+        "and none is loaded on this host. Load it as deploy/docker/collector-driver.sh "
+        "and docs/operations.md describe, or "
         "record commands with `systerns collect --trace -- CMD` instead."
     )
 

@@ -87,3 +87,13 @@ def test_core_imports_no_kafka_or_faust():
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('confluent_kafka', 'faust', 'aiokafka')]; print(bad); sys.exit(bool(bad))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_live_capture_without_a_driver_fails_clearly(monkeypatch, tmp_path):
+    from systerns.core.errors import DriverMissingError
+    from systerns.producers import sysdig as mod
+
+    monkeypatch.delenv("SYSDIG_BPF_PROBE", raising=False)
+    monkeypatch.setattr(mod, "Path", lambda p: tmp_path / p.lstrip("/"))
+    with pytest.raises(DriverMissingError, match="kernel driver"):
+        mod.check_live_driver()
