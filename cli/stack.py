@@ -62,6 +62,8 @@ class LocalStack:
     started_broker: bool = False
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     model_port: int = 0
+    #: more SYSTERNS_* settings for the worker (webhook, thresholds ...).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def topics(self) -> dict[str, str]:
@@ -82,7 +84,7 @@ class LocalStack:
             "SYSTERNS_MODEL_NAME": self.model_name,
             "SYSTERNS_WORKER_ID": f"systerns-worker-{self.run_id}",
             "SYSTERNS_IDLE_S": str(self.idle_s),
-        }
+        } | self.extra_env
 
     def start_broker(self) -> None:
         port = int(self.bootstrap.rsplit(":", 1)[1])

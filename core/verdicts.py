@@ -141,7 +141,7 @@ def build_alert(
     return {
         "alert_id": alert_id(session["session_id"], reason, model_name,
                              answer.model_version),
-        "schema_version": 1,
+        "schema_version": 2,
         "created_ms": int(time.time() * 1000) if now_ms is None else now_ms,
         "reason": reason,
         "summary": summary,
@@ -177,6 +177,8 @@ def build_alert(
         },
         "model_name": model_name,
         "model_version": int(answer.model_version),
+        "incident_id": "",
+        "tags": [f"source:{session.get('source', 'unknown')}"],
     }
 
 

@@ -218,11 +218,13 @@ def create_app(settings: Settings, *, model=None,
             seen_alerts[a["alert_id"]] = 1
             while len(seen_alerts) > MAX_SEEN_ALERTS:
                 seen_alerts.popitem(last=False)
-            if suppressor.offer(a, time.time()) is None:
+            incident = suppressor.offer(a, time.time())
+            if incident is None:
                 # The same process and reason is already an open incident.
                 SUPPRESSED.inc()
                 totals["suppressed"] += 1
                 continue
+            a["incident_id"] = incident.incident_id
             await alerts.send(key=a["alert_id"].encode(), value=alert_codec.encode(a))
             if webhook is not None:
                 asyncio.ensure_future(webhook.asend(a))

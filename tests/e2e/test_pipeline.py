@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -33,11 +36,30 @@ def miner_copy(tmp_path_factory) -> Path:
     return dst
 
 
+class _Receiver(BaseHTTPRequestHandler):
+    """A SIEM stand-in: keeps every JSON document posted to it."""
+
+    received: list = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server interface
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 def test_renamed_miner_alerts_and_normal_captures_do_not(broker, scap_dir, sysdig,
                                                          miner_copy, tmp_path):
     if not (MODEL_DIR / "1").is_dir():
         pytest.fail("no exported model under models/systerns")
-    stack = LocalStack(bootstrap=broker, idle_s=3.0)
+    siem = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=siem.serve_forever, daemon=True).start()
+    stack = LocalStack(bootstrap=broker, idle_s=3.0, extra_env={
+        "SYSTERNS_WEBHOOK_URL": f"http://127.0.0.1:{siem.server_port}/hook",
+        "SYSTERNS_WEBHOOK_FORMAT": "ocsf"})
     try:
         stack.start()
         settings = Settings.from_env(stack.env(), host="e2e-node")
@@ -73,6 +95,7 @@ def test_renamed_miner_alerts_and_normal_captures_do_not(broker, scap_dir, sysdi
             broker, stack.topics["verdicts"], timeout_s=15, idle_s=3)]
     finally:
         stack.stop()
+        siem.shutdown()
 
     miner_alerts = [a for a in alerts if a["host"] == "e2e-node"
                     and a["process_name"] == "kworker"]
@@ -90,3 +113,7 @@ def test_renamed_miner_alerts_and_normal_captures_do_not(broker, scap_dir, sysdi
     assert len({x["alert_id"] for x in alerts}) == len(alerts), "duplicate alert ids"
     capture_sessions = {v["session_id"] for v in verdicts if v["host"] == "capture-node"}
     assert len(capture_sessions) >= 10
+    # The SIEM webhook got the same detection as an OCSF Detection Finding.
+    findings = [d for d in _Receiver.received if d.get("class_uid") == 2004]
+    assert a["alert_id"] in {f["finding_info"]["uid"] for f in findings}
+    assert a["incident_id"]

@@ -297,7 +297,7 @@ def test_ocsf_maps_each_alert_field():
         "behaves_like_confidence": 0.4,
         "malicious_probability": 0.97,
         "trigger": "running",
-        "schema_version": 1,
+        "schema_version": alert["schema_version"],
     }
     assert "raw_data" not in f and "count" not in f
 
