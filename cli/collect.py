@@ -52,6 +52,9 @@ def main(argv: list[str]) -> int:
     log.info("collector_started", **settings.masked())
     publisher = Publisher(settings)
     publisher.install_signal_handlers()
+    if settings.outage_policy == "spill":
+        # Records spooled by an earlier run during an outage go first.
+        publisher.replay_spool()
     read = ReadStats()
     rc = 0
     try:
@@ -90,7 +93,8 @@ def main(argv: list[str]) -> int:
     finally:
         stats = publisher.close()
     summary = {"read": dataclasses.asdict(read) if args.scap or args.live else None,
-               "published": stats.as_dict()}
+               "published": stats.as_dict(), "outage_policy": settings.outage_policy,
+               "unaccounted_events": stats.unaccounted()}
     print(json.dumps(summary, sort_keys=True, default=str))
     if stats.delivery_errors:
         return 1

@@ -128,6 +128,32 @@ class LocalStack:
     def start_worker(self) -> None:
         self._spawn("worker", [sys.executable, "-m", "systerns", "worker"])
 
+    def start_extra_worker(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Start another worker of the same group under its own name.
+
+        Args:
+            name: key of the child in ``procs`` (for ``stop_process``).
+            env: extra ``SYSTERNS_*`` settings for this worker only.
+        """
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_dir / f"{name}-{self.run_id}.log", "wb")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "systerns", "worker"], env=self.env() | (env or {}),
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        log.info("process_started", name=name, pid=self.procs[name].pid)
+
+    def restart_model_server(self, timeout_s: float = 90.0) -> None:
+        """Start the model server again on the port the workers already use."""
+        proc = self._spawn("model-server", [
+            sys.executable, "-m", "systerns", "serve",
+            "--model-base", str(self.model_base), "--model-name", self.model_name,
+            "--port", str(self.model_port)])
+        deadline = time.monotonic() + timeout_s
+        while not port_open(self.model_port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"model server did not restart; see {self.log_dir}")
+            time.sleep(0.3)
+
     def start(self) -> LocalStack:
         self.start_broker()
         self.create_topics()

@@ -26,14 +26,17 @@ def main(argv: list[str]) -> int:
 
     from faust.worker import Worker
 
-    from systerns.streams.app import create_app
+    from systerns.streams.app import balance, create_app
 
     app = create_app(settings, session_policy=SessionPolicy(
-        idle_s=settings.idle_s, judge_every_s=settings.judge_every_s))
+        idle_s=settings.idle_s, judge_every_s=settings.judge_every_s,
+        max_sessions=settings.max_sessions))
 
     def print_totals() -> None:
-        print(json.dumps({"worker": app.systerns_totals}, sort_keys=True),
-              file=sys.stderr)
+        # The balance line: records in = records sessionized + dead-lettered.
+        print(json.dumps({"worker": app.systerns_totals,
+                          "balance": balance(app.systerns_totals)}, sort_keys=True),
+              file=sys.stderr, flush=True)
 
     atexit.register(print_totals)
 

@@ -35,7 +35,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)",
                 re.S), MASK),
     # mysql -pSECRET (password glued to the flag)
-    (re.compile(r"(\s-p)(?!\s)(\S{3,})"), rf"\g<1>{MASK}"),
+    (re.compile(r"((?:^|\s)-p)(?!\s)(\S{3,})"), rf"\g<1>{MASK}"),
 )
 
 

@@ -15,6 +15,7 @@ _OTHER_VARS = frozenset({
     "SYSTERNS_KAFKA_HOME", "SYSTERNS_KAFKA_PORT", "SYSTERNS_KAFKA_CONTROLLER_PORT",
     "SYSTERNS_EVENTS_PARTITIONS", "SYSTERNS_REQUIRE_BROKER", "SYSTERNS_LOG_FORMAT",
     "SYSTERNS_LOG_LEVEL", "SYSTERNS_CORPUS", "SYSTERNS_SHARED_DATA",
+    "SYSTERNS_DATA_DIR",
 })
 
 
@@ -65,6 +66,28 @@ class Settings:
     idle_s: float = 30.0
     #: SYSTERNS_JUDGE_EVERY_S: a running session is judged again this often.
     judge_every_s: float = 5.0
+    #: SYSTERNS_MAX_SESSIONS: open sessions per worker; the oldest is evicted
+    #: (judged, marked evicted) past it.
+    max_sessions: int = 100_000
+    #: SYSTERNS_JUDGE_QUEUE_MAX: judgements waiting for the model; a full queue
+    #: pauses consumption instead of dropping.
+    judge_queue_max: int = 10_000
+    #: SYSTERNS_BREAKER_FAILURES / SYSTERNS_BREAKER_COOLDOWN_S: the model circuit
+    #: breaker opens after this many consecutive failures and probes again after
+    #: the cooldown.
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 5.0
+    #: SYSTERNS_OUTAGE_POLICY: what the collector does with records the brokers
+    #: do not take in time: ``block`` (wait, never time out), ``spill`` (append
+    #: them to the spool file and replay it later) or ``drop`` (drop and count).
+    outage_policy: str = "block"
+    #: SYSTERNS_MESSAGE_TIMEOUT_MS: how long the collector retries one record
+    #: (``spill`` and ``drop``; ``block`` never times out).
+    message_timeout_ms: int = 120_000
+    #: SYSTERNS_SPOOL_PATH / SYSTERNS_SPOOL_MAX_BYTES: the ``spill`` spool file
+    #: and its size cap (records past the cap are dropped and counted).
+    spool_path: str = "var/spool/collector.spool"
+    spool_max_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -94,14 +94,38 @@ def alert_id(session_id: str, reason: str, model_name: str, model_version: int) 
     return f"sys-{digest[:32]}"
 
 
+def _family_confidence(answer: ModelAnswer) -> float:
+    """Probability of the predicted command plus its aliases among the top 3.
+
+    Programs that go by each other's names (the checksum tools) make the same
+    system calls, so the model spreads its probability over them; the sum is
+    its confidence that the process is one of that family.
+    """
+    family = {normalize_name(answer.behaves_like)}
+    family |= ALIASES.get(answer.behaves_like, frozenset())
+    for key, names in ALIASES.items():
+        if answer.behaves_like in names:
+            family |= names | {key}
+    extra = sum(
+        p
+        for name, p in answer.top3
+        if name != answer.behaves_like and normalize_name(name) in family
+    )
+    return answer.confidence + extra
+
+
 def reasons_for(session: dict, answer: ModelAnswer, policy: VerdictPolicy) -> list[str]:
-    """The alert reasons a model answer supports for this session."""
+    """The alert reasons a model answer supports for this session.
+
+    Masquerading needs the confidence of the predicted command's alias family
+    (``_family_confidence``), not of one member, to reach the policy's level.
+    """
     out = []
     if answer.malicious >= policy.malicious_threshold:
         out.append("crypto_mining")
     elif (
         answer.behaves_like != "unknown"
-        and answer.confidence >= policy.masquerade_confidence
+        and _family_confidence(answer) >= policy.masquerade_confidence
         and session["n_events"] >= policy.masquerade_min_events
         and not names_match(session["comm"], answer.behaves_like)
         and not names_match(session["exe"], answer.behaves_like)

@@ -29,7 +29,7 @@ import structlog
 
 from systerns.core.errors import SourceError
 from systerns.core.events import EventBatch
-from systerns.core.sessions import Judgement, SessionPolicy, Sessionizer
+from systerns.core.sessions import Judgement, Sessionizer, SessionPolicy
 from systerns.lab.miner import sha256_file
 from systerns.producers.trace import TraceStats, parse_trace_file
 

@@ -37,7 +37,26 @@ MEMBER = "package/server/src/miners/xmrig/xmrig"
 #: Where the package sits, relative to the repository root.
 PACKAGE_REL = Path("../shared/data/miners") / PACKAGE_FILE
 #: Names the miner's copies run under; "xmrig" is its own name.
-RUN_NAMES = ("sshd", "kworker", "nginx", "ls", "xmrig", "systemd", "kworker", "sshd")
+RUN_NAMES = (
+    "sshd",
+    "kworker",
+    "nginx",
+    "ls",
+    "xmrig",
+    "systemd",
+    "kworker",
+    "sshd",
+    "php-fpm",
+    "containerd",
+    "java",
+    "xmrig",
+    "crond",
+    "postgres",
+    "kthreadd",
+    "node",
+)
+#: Benchmark algorithms XMRig 6.16 can run offline (RandomX and RandomWOW).
+ALGORITHMS = ("rx/0", "rx/wow")
 TIMEOUT_RANGE_S = (8, 20)
 _EXTRA_ARGS: tuple[tuple[str, ...], ...] = (
     (),
@@ -204,6 +223,7 @@ def plan_miner_runs(
             copy.chmod(0o755)
         threads = rng.choice((1, 2))
         extra = _EXTRA_ARGS[i % len(_EXTRA_ARGS)]
+        algo = ALGORITHMS[(i // 2) % len(ALGORITHMS)]
         argv = (
             f"./{name}",
             "--bench=1M",
@@ -211,6 +231,7 @@ def plan_miner_runs(
             str(threads),
             "--no-color",
             "--randomx-mode=light",
+            f"--algo={algo}",
             *extra,
             *extra_safety,
         )
@@ -220,7 +241,7 @@ def plan_miner_runs(
                 label=MINER_LABEL,
                 malicious=True,
                 argv=argv,
-                variant=f"bench_t{threads}",
+                variant=f"bench_{algo.replace('/', '')}_t{threads}",
                 cwd=run_dir,
                 shown_name=name,
                 rename_kind="copy" if name != MINER_LABEL else "",

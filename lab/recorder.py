@@ -8,7 +8,8 @@
     <out_dir>/cache/                 the extracted miner binary
 
 Benign runs are recorded two at a time (``workers``); miner runs come last, one
-at a time, so their CPU use does not slow the others.
+at a time, so their CPU use does not slow the others, then the held-out attack
+family (``lab.kinsing``), whose runs are marked split ``heldout``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ log = structlog.get_logger(__name__)
 MANIFEST_FORMAT = 1
 TEST_SHARE = 0.25
 #: Miner runs in the default corpus.
-MINER_RUNS = 8
+MINER_RUNS = 16
+#: Runs of the held-out attack family (``lab.kinsing``) in the default corpus.
+FAMILY_RUNS = 6
 Progress = Callable[[int, int, str], None]
 _PID_RE = re.compile(rb"^(\d+) ")
 
@@ -59,7 +62,7 @@ def default_corpus_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "var" / "lab"
 
 
-def _hash_trace(path: Path) -> tuple[str, int, int, int | None]:
+def hash_trace(path: Path) -> tuple[str, int, int, int | None]:
     h = hashlib.sha256()
     lines = 0
     root_pid = None
@@ -93,7 +96,7 @@ def _record_run(spec: RunSpec, sb: Sandbox, traces: Path, keep_work: bool) -> di
     stdout.unlink(missing_ok=True)
     if not keep_work and spec.cwd.is_relative_to(sb.work):
         shutil.rmtree(spec.cwd, ignore_errors=True)
-    sha, size, lines, root_pid = _hash_trace(trace)
+    sha, size, lines, root_pid = hash_trace(trace)
     if rc == 124 and not spec.malicious:
         log.warning("lab_run_timed_out", run_id=spec.run_id, timeout_s=spec.timeout_s)
     return {
@@ -152,6 +155,30 @@ def assign_splits(runs: list[dict], seed: int, test_share: float = TEST_SHARE) -
             r["split"] = "test" if r["run_id"] in chosen else "train"
 
 
+def _record_family(
+    sb: Sandbox,
+    traces: Path,
+    n_runs: int,
+    seed: int,
+    progress: Progress | None,
+    done: int,
+) -> list[dict]:
+    """Record the held-out attack family; its runs stay out of the split."""
+    from systerns.lab.kinsing import plan_family_runs, record_family_run
+
+    if n_runs <= 0:
+        return []
+    out = []
+    for run in plan_family_runs(sb, n_runs=n_runs, seed=seed):
+        try:
+            out.append(record_family_run(run, traces))
+        except SourceError as exc:
+            log.error("lab_run_failed", run_id=run.run_id, error=str(exc))
+        if progress is not None:
+            progress(done + len(out), done + n_runs, run.run_id)
+    return out
+
+
 def tool_versions(programs: dict[str, str]) -> dict[str, str]:
     """First line each program prints for its version (not traced)."""
     out = {}
@@ -187,6 +214,7 @@ def build_corpus(
     miner_runs: int = MINER_RUNS,
     workers: int = 2,
     keep_work: bool = False,
+    family_runs: int | None = None,
 ) -> Path:
     """Record the lab corpus into ``out_dir`` and write its manifest.
 
@@ -200,6 +228,8 @@ def build_corpus(
         miner_runs: miner runs when ``include_miner``.
         workers: benign runs recorded at once.
         keep_work: keep each run's output folder (deleted by default).
+        family_runs: runs of the held-out Kinsing-like family; ``FAMILY_RUNS``
+            when None and the miner is included, else none.
 
     Returns:
         The manifest's path.
@@ -276,6 +306,10 @@ def build_corpus(
             progress(len(results), total, spec.run_id)
 
     assign_splits(results, seed)
+    n_family = (
+        (FAMILY_RUNS if include_miner else 0) if family_runs is None else family_runs
+    )
+    results += _record_family(sb, traces, n_family, seed, progress, len(results))
     wall_s = time.monotonic() - t0
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -283,6 +317,7 @@ def build_corpus(
         "seed": seed,
         "runs_per_command": runs_per_command,
         "include_miner": include_miner,
+        "held_out_families": sorted({r["family"] for r in results if r.get("family")}),
         "strace_version": strace_version(),
         "strace_options": list(STRACE_OPTIONS),
         "kernel": platform.release(),

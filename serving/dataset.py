@@ -7,7 +7,8 @@ become rows: the ``running`` snapshots (partial sessions, what the worker judges
 while a miner runs) and the final one, vectorized with ``core.features``.
 
 The split is by run, from the corpus manifest: a run's rows are all in train or
-all in test. Classes are the labels seen in training, sorted, plus ``unknown``;
+all in test. Runs of a held-out attack family (split ``heldout``) are in
+neither. Classes are the labels seen in training, sorted, plus ``unknown``;
 a test run of a command never trained on is expected to be ``unknown``.
 """
 
@@ -29,6 +30,9 @@ log = structlog.get_logger(__name__)
 
 UNKNOWN = "unknown"
 MANIFEST = "manifest.json"
+#: Split of attack families kept out of training and of the test split: they are
+#: scored on their own, as attacks the model has never seen.
+HELD_OUT = "heldout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,8 @@ class RunRows:
         features: ``(n, FEATURE_DIM)`` float32, one row per judgement.
         final: per row, whether it closed its session (else a running snapshot).
         n_events: per row, syscalls the session had seen.
+        elapsed_s: per row, seconds from the labelled program's ``execve`` to
+            the judgement (the session's last event then).
     """
 
     run_id: str
@@ -56,6 +62,7 @@ class RunRows:
     features: np.ndarray
     final: np.ndarray
     n_events: np.ndarray
+    elapsed_s: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +79,8 @@ class Split:
         shown_names: the name the row's process showed.
         final: the row closed its session.
         n_events: syscalls the session had seen at that judgement.
+        elapsed_s: seconds from the program's start to the judgement (NaN when
+            unknown).
     """
 
     features: np.ndarray
@@ -83,6 +92,7 @@ class Split:
     shown_names: np.ndarray
     final: np.ndarray
     n_events: np.ndarray
+    elapsed_s: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -149,14 +159,21 @@ def extract_runs(
     """
     from systerns.lab.corpus import iter_sessions
 
-    rows: dict[str, list[tuple[np.ndarray, bool, int]]] = {
+    rows: dict[str, list[tuple[np.ndarray, bool, int, float]]] = {
         str(r["run_id"]): [] for r in runs
     }
+    started = {str(r["run_id"]): int(r.get("main_exec_ts_ns") or 0) for r in runs}
     for snap in iter_sessions(Path(corpus_dir), runs=list(runs), policy=policy):
         if snap["role"] == "main":
             session = snap["session"]
+            t0 = started[str(snap["run_id"])] or session["first_ts_ns"]
             rows[str(snap["run_id"])].append(
-                (vectorize(session), bool(snap["final"]), int(session["n_events"]))
+                (
+                    vectorize(session),
+                    bool(snap["final"]),
+                    int(session["n_events"]),
+                    (session["last_ts_ns"] - t0) / 1e9,
+                )
             )
 
     out = []
@@ -177,6 +194,7 @@ def extract_runs(
                 ),
                 final=np.array([g[1] for g in got], bool),
                 n_events=np.array([g[2] for g in got], np.int64),
+                elapsed_s=np.array([g[3] for g in got], np.float64),
             )
         )
     return out
@@ -221,6 +239,18 @@ def build_split(runs: Sequence[RunRows], classes: Sequence[str]) -> Split:
             if runs
             else np.zeros(0, np.int64)
         ),
+        elapsed_s=(
+            np.concatenate(
+                [
+                    r.elapsed_s
+                    if r.elapsed_s is not None
+                    else np.full(len(r.features), np.nan)
+                    for r in runs
+                ]
+            )
+            if runs
+            else np.zeros(0, np.float64)
+        ),
     )
 
 
@@ -241,13 +271,13 @@ def dataset_from_runs(runs: Sequence[RunRows], corpus_sha256: str) -> Dataset:
     """Split already-extracted runs by their manifest split.
 
     Raises:
-        ValueError: a run is in neither split, a run id is repeated, or no
-            training run yielded a row.
+        ValueError: a run's split is not train, test or heldout, a run id is
+            repeated, or no training run yielded a row.
     """
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ValueError("repeated run ids in the corpus")
-    bad = sorted({r.split for r in runs} - {"train", "test"})
+    bad = sorted({r.split for r in runs} - {"train", "test", HELD_OUT})
     if bad:
         raise ValueError(f"runs with unknown split {bad}")
     train_runs = [r for r in runs if r.split == "train" and len(r.features)]

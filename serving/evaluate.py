@@ -9,7 +9,6 @@ are strongly alike, and the worker alerts once per session.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,16 @@ import numpy as np
 import structlog
 
 from systerns.core.verdicts import ModelAnswer, VerdictPolicy, names_match, reasons_for
+from systerns.serving.baselines import (
+    NgramBaseline,
+    main_sequences,
+    name_rule_is_miner,
+    name_rule_outputs,
+    row_documents,
+)
 from systerns.serving.client import LocalModel
 from systerns.serving.dataset import (
+    HELD_OUT,
     UNKNOWN,
     Split,
     build_split,
@@ -28,6 +35,18 @@ from systerns.serving.dataset import (
 )
 
 log = structlog.get_logger(__name__)
+
+#: Checksum tools whose syscalls are the same (read a file, write a line): the
+#: hash family is scored merged as well as exactly.
+HASH_FAMILY: frozenset[str] = frozenset(
+    {"md5sum", "sha1sum", "sha256sum", "sha512sum", "b2sum", "cksum"}
+)
+HASH_CLASS = "hash"
+
+
+def merge_hash(name: str) -> str:
+    """A class name with the hash tools merged into one ``hash`` class."""
+    return HASH_CLASS if name in HASH_FAMILY else name
 
 
 def _rate(hits: int, total: int) -> float | None:
@@ -93,26 +112,46 @@ def split_metrics(
         dtype=bool,
     )
     policy = policy or VerdictPolicy(malicious_threshold=threshold)
+    top3 = (
+        np.argsort(-command_probs, axis=1, kind="stable")[:, :3]
+        if len(split)
+        else np.zeros((0, 3), int)
+    )
     row_masquerade = np.array(
         [
             "masquerading"
             in reasons_for(
                 {"n_events": int(n_ev), "comm": str(shown), "exe": str(shown)},
-                ModelAnswer(classes[p], float(c), float(m), 0),
+                ModelAnswer(
+                    classes[p],
+                    float(c),
+                    float(m),
+                    0,
+                    tuple((classes[k], float(row[k])) for k in ranked),
+                ),
                 policy,
             )
-            for n_ev, shown, p, c, m in zip(
+            for n_ev, shown, p, c, m, row, ranked in zip(
                 split.n_events,
                 split.shown_names,
                 predicted,
                 confidence,
                 malicious,
+                command_probs,
+                top3,
                 strict=True,
             )
         ],
         dtype=bool,
     )
     run_masquerade = np.array([bool(row_masquerade[idx].any()) for idx in runs])
+    run_merged_ok = np.array(
+        [
+            merge_hash(classes[t]) == merge_hash(classes[p])
+            for t, p in zip(run_true, run_pred, strict=True)
+        ],
+        dtype=bool,
+    )
     benign_renamed = renamed & ~run_mal
     benign_plain = ~renamed & ~run_mal
 
@@ -142,6 +181,10 @@ def split_metrics(
         ),
         "renamed_runs": int(renamed.sum()),
         "top1_alias_accuracy_runs": _rate(int(run_alias_ok.sum()), len(runs)),
+        "top1_hash_merged_accuracy_runs": _rate(int(run_merged_ok.sum()), len(runs)),
+        "top1_hash_merged_accuracy_renamed_runs": _rate(
+            int(run_merged_ok[renamed].sum()), int(renamed.sum())
+        ),
         "top1_alias_accuracy_renamed_runs": _rate(
             int(run_alias_ok[renamed].sum()), int(renamed.sum())
         ),
@@ -192,21 +235,302 @@ def score_split(model: LocalModel, split: Split) -> dict[str, Any]:
     return split_metrics(model.classes, split, probs, mal, model.malicious_threshold)
 
 
+def session_level(
+    split: Split, malicious: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per run (one main session each): run ids, truth, and highest score.
+
+    A session alerts when any of its judgements does, so its score is the
+    maximum malicious probability over its rows.
+    """
+    runs = _run_index(split)
+    ids = np.array([split.run_ids[idx[0]] for idx in runs], dtype=object)
+    truth = np.array([split.malicious[idx[0]] > 0.5 for idx in runs], dtype=bool)
+    score = np.array(
+        [float(np.max(malicious[idx])) if len(idx) else 0.0 for idx in runs]
+    )
+    return ids, truth, score
+
+
+def operating_point(
+    truth: np.ndarray, score: np.ndarray, threshold: float
+) -> dict[str, Any]:
+    """Recall, false positive rate and counts at one threshold."""
+    alert = score >= threshold
+    pos, neg = int(truth.sum()), int((~truth).sum())
+    return {
+        "threshold": round(float(threshold), 4),
+        "recall": _rate(int((alert & truth).sum()), pos),
+        "false_positive_rate": _rate(int((alert & ~truth).sum()), neg),
+        "false_positives": int((alert & ~truth).sum()),
+        "positives": pos,
+        "negatives": neg,
+    }
+
+
+def threshold_for_fpr(truth: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
+    """The lowest threshold whose false positive rate stays at or under ``max_fpr``.
+
+    With ``n`` negatives, ``max_fpr * n`` of them may score at or above it; the
+    threshold sits just above the first negative score that would break that.
+    """
+    neg = np.sort(score[~truth])[::-1]
+    allowed = int(np.floor(max_fpr * len(neg)))
+    if len(neg) == 0 or allowed >= len(neg):
+        return 0.0
+    return float(np.nextafter(np.float32(neg[allowed]), np.float32(2.0)))
+
+
+def time_to_alert(
+    split: Split, malicious: np.ndarray, threshold: float
+) -> dict[str, float | None]:
+    """Seconds from each malicious run's start to its first alerting judgement.
+
+    Returns:
+        run id -> seconds (None when the run never alerted).
+    """
+    out: dict[str, float | None] = {}
+    elapsed = (
+        split.elapsed_s if split.elapsed_s is not None else np.full(len(split), np.nan)
+    )
+    for idx in _run_index(split):
+        if split.malicious[idx[0]] <= 0.5:
+            continue
+        hits = idx[malicious[idx] >= threshold]
+        first = float(np.min(elapsed[hits])) if len(hits) else None
+        out[str(split.run_ids[idx[0]])] = (
+            None if first is None or np.isnan(first) else round(first, 2)
+        )
+    return out
+
+
+def replay_sessions(
+    batches: Any, chunk_events: int = 32
+) -> list[tuple[dict, str, list[str]]]:
+    """Judge every session of a stream of batches as the worker would.
+
+    Args:
+        batches: ``EventBatch`` items (anything else is skipped).
+        chunk_events: events per slice fed to the sessionizer.
+
+    Returns:
+        Per judgement: the session state, its trigger, and the syscalls that
+        session had seen (for the n-gram baseline).
+    """
+    from systerns.core.events import EventBatch
+    from systerns.core.sessions import Sessionizer
+    from systerns.lab.corpus import _copy_state
+
+    sz = Sessionizer({})
+    seen: dict[int, list[str]] = {}
+    out: list[tuple[dict, str, list[str]]] = []
+
+    def keep(judgements: list) -> None:
+        for j in judgements:
+            names = seen.get(int(j.session["pid"]), [])
+            n = int(j.session["n_events"])
+            out.append((_copy_state(j.session), j.trigger, names[-n:] if n else []))
+
+    for batch in batches:
+        if not isinstance(batch, EventBatch):
+            continue
+        for i in range(0, len(batch.events), chunk_events):
+            part = EventBatch(
+                batch.process, batch.events[i : i + chunk_events], batch.source
+            )
+            seen.setdefault(batch.process.pid, []).extend(e.name for e in part.events)
+            keep(sz.ingest(part))
+    keep(sz.flush())
+    return out
+
+
+def score_sessions(
+    model: LocalModel,
+    judged: list[tuple[dict, str, list[str]]],
+    ngram: NgramBaseline | None,
+) -> list[dict[str, Any]]:
+    """The model's and the baselines' answers on replayed judgements."""
+    from systerns.core.features import vectorize_many
+
+    if not judged:
+        return []
+    probs, mal = model.predict_arrays(vectorize_many([j[0] for j in judged]))
+    if ngram is not None:
+        ng_probs, ng_mal = ngram.predict([j[2] for j in judged])
+    policy = VerdictPolicy(malicious_threshold=model.malicious_threshold)
+    rows = []
+    for k, (session, trigger, _) in enumerate(judged):
+        top = int(np.argmax(probs[k]))
+        ranked = np.argsort(-probs[k], kind="stable")[:3]
+        answer = ModelAnswer(
+            model.classes[top],
+            float(probs[k, top]),
+            float(mal[k]),
+            model.version,
+            tuple((model.classes[i], float(probs[k, i])) for i in ranked),
+        )
+        row = {
+            "pid": int(session["pid"]),
+            "comm": str(session["comm"]),
+            "cmdline": str(session.get("cmdline", "")),
+            "trigger": trigger,
+            "n_events": int(session["n_events"]),
+            "first_ts_ns": int(session["first_ts_ns"]),
+            "last_ts_ns": int(session["last_ts_ns"]),
+            "behaves_like": model.classes[top],
+            "confidence": round(float(probs[k, top]), 4),
+            "malicious": round(float(mal[k]), 4),
+            "reasons": reasons_for(session, answer, policy),
+            "name_rule": name_rule_is_miner(
+                str(session["comm"]), str(session.get("cmdline", ""))
+            ),
+        }
+        if ngram is not None:
+            row["ngram_malicious"] = round(float(ng_mal[k]), 4)
+            row["ngram_behaves_like"] = ngram.classes[int(np.argmax(ng_probs[k]))]
+        rows.append(row)
+    return rows
+
+
+def score_held_out_family(
+    model: LocalModel, runs: list[dict[str, Any]], ngram: NgramBaseline | None
+) -> dict[str, Any]:
+    """Judge every session of each held-out attack run (dropper, payload, helpers).
+
+    A run is flagged when any of its sessions reaches the threshold; time to the
+    first verdict counts from the run's first event (the dropper's start).
+    """
+    threshold = model.malicious_threshold
+    per_run = []
+    for run in runs:
+        judged = replay_sessions(run["batches"])
+        rows = score_sessions(model, judged, ngram)
+        start = min((e.ts_ns for b in run["batches"] for e in b.events[:1]), default=0)
+
+        def first(
+            hit: Any, rows: list[dict[str, Any]] = rows, start: int = start
+        ) -> float | None:
+            times = [(r["last_ts_ns"] - start) / 1e9 for r in rows if hit(r)]
+            return round(min(times), 2) if times else None
+
+        best = max(rows, key=lambda r: r["malicious"], default=None)
+        per_run.append(
+            {
+                "run_id": run["run_id"],
+                "shown_name": run.get("shown_name", ""),
+                "sessions": len({r["pid"] for r in rows}),
+                "max_malicious": best["malicious"] if best else 0.0,
+                "max_malicious_comm": best["comm"] if best else "",
+                "max_malicious_behaves_like": best["behaves_like"] if best else "",
+                "flagged": any(r["malicious"] >= threshold for r in rows),
+                "first_alert_s": first(lambda r: r["malicious"] >= threshold),
+                "first_p_0_9_s": first(lambda r: r["malicious"] >= 0.9),
+                "masquerade_flagged": any("masquerading" in r["reasons"] for r in rows),
+                "first_any_alert_s": first(lambda r: bool(r["reasons"])),
+                "name_rule_flagged": any(r["name_rule"] for r in rows),
+                "ngram_flagged": (
+                    any(r.get("ngram_malicious", 0.0) >= ngram.threshold for r in rows)
+                    if ngram is not None
+                    else None
+                ),
+                "ngram_first_alert_s": (
+                    first(lambda r: r.get("ngram_malicious", 0.0) >= ngram.threshold)
+                    if ngram is not None
+                    else None
+                ),
+            }
+        )
+    n = len(per_run)
+    fast = [r for r in per_run if r["first_p_0_9_s"] is not None]
+    return {
+        "runs": n,
+        "flagged_runs": sum(r["flagged"] for r in per_run),
+        "flagged_p_0_9_within_10s_runs": sum(r["first_p_0_9_s"] <= 10.0 for r in fast),
+        "masquerade_flagged_runs": sum(r["masquerade_flagged"] for r in per_run),
+        "any_alert_within_10s_runs": sum(
+            r["first_any_alert_s"] is not None and r["first_any_alert_s"] <= 10.0
+            for r in per_run
+        ),
+        "name_rule_flagged_runs": sum(r["name_rule_flagged"] for r in per_run),
+        "ngram_flagged_runs": (
+            sum(bool(r["ngram_flagged"]) for r in per_run) if ngram else None
+        ),
+        "per_run": per_run,
+    }
+
+
+def score_captures_baselines(
+    captures: list[Path], ngram: NgramBaseline | None
+) -> dict[str, Any]:
+    """Alerts the two baselines raise on sysdig captures of normal activity."""
+    from systerns.core.errors import SourceError
+    from systerns.producers.sysdig import read_capture
+
+    per: dict[str, Any] = {}
+    for scap in captures:
+        batches: list[Any] = []
+        try:
+            batches.extend(read_capture(Path(scap), "capture-check"))
+        except SourceError:
+            pass
+        judged = replay_sessions(batches)
+        name_hits = sum(
+            name_rule_is_miner(str(s["comm"]), str(s.get("cmdline", "")))
+            for s, _, _ in judged
+        )
+        ng_hits = 0
+        if ngram is not None and judged:
+            _, ng_mal = ngram.predict([j[2] for j in judged])
+            ng_hits = int((ng_mal >= ngram.threshold).sum())
+        per[Path(scap).name] = {
+            "judgements": len(judged),
+            "name_rule_alerts": int(name_hits),
+            "ngram_alerts": ng_hits,
+        }
+    return {
+        "name_rule_alerts": sum(v["name_rule_alerts"] for v in per.values()),
+        "ngram_alerts": sum(v["ngram_alerts"] for v in per.values()),
+        "judgements": sum(v["judgements"] for v in per.values()),
+        "captures": per,
+    }
+
+
+def default_captures() -> list[Path]:
+    """Every ``.scap`` under ``../shared/data/scap`` beside the repository."""
+    root = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scap"
+    return sorted(root.resolve().rglob("*.scap")) if root.is_dir() else []
+
+
 def evaluate(
     model_dir: Path,
     corpus_dir: Path,
     *,
     report_path: Path | None = None,
+    captures: list[Path] | None = None,
+    baselines: bool = True,
+    seed: int = 7,
 ) -> dict[str, Any]:
-    """Score a model on the corpus's held-out (test) runs only.
+    """Score a model on the corpus's held-out runs, beside two baselines.
+
+    The test split gives the command and miner figures; runs of a held-out
+    attack family (split ``heldout``) are judged session by session; captures
+    of real normal activity give the false alerts. The baselines (a miner name
+    rule and a logistic regression on syscall n-grams) are fitted on the train
+    split and scored on the same rows.
 
     Args:
         model_dir: a version folder, or ``<base>/<name>`` for the newest version.
         corpus_dir: the lab corpus (with ``manifest.json``).
-        report_path: where to write a Markdown report; none when None.
+        report_path: where to write a Markdown report (plots in a folder beside
+            it, named after it); none when None.
+        captures: sysdig captures of normal activity to judge.
+        baselines: fit and score the baselines.
+        seed: the n-gram baseline's seed.
 
     Returns:
-        The metrics of ``split_metrics`` plus ``model``, ``corpus_sha256``.
+        The metrics of ``split_metrics`` plus ``model``, ``corpus_sha256`` and,
+        under their own keys, the session-level, baseline, held-out family and
+        capture figures.
 
     Raises:
         ModelError: no model at ``model_dir``.
@@ -214,109 +538,102 @@ def evaluate(
     """
     model = LocalModel(model_dir)
     digest = corpus_hash(corpus_dir)
-    runs = extract_runs(corpus_dir, load_runs(corpus_dir, split="test"))
-    split = build_split(runs, model.classes)
-    metrics = score_split(model, split) | {
+    all_runs = load_runs(corpus_dir)
+    test_runs = [r for r in all_runs if r.get("split") == "test"]
+    train_runs = [r for r in all_runs if r.get("split") == "train"]
+    family_runs = [r for r in all_runs if r.get("split") == HELD_OUT]
+    split = build_split(extract_runs(corpus_dir, test_runs), model.classes)
+    threshold = model.malicious_threshold
+    probs, mal = model.predict_arrays(split.features)
+    metrics = split_metrics(model.classes, split, probs, mal, threshold) | {
         "model": str(model.path),
         "model_version": model.version,
         "corpus_sha256": digest,
         "test_labels": sorted(set(split.label_names.tolist())),
+        "corpus_runs": len(all_runs),
+        "train_runs_in_corpus": len(train_runs),
+        "held_out_family_runs_in_corpus": len(family_runs),
     }
+    _, truth, score = session_level(split, mal)
+    metrics["session_threshold_fpr_0_001"] = threshold_for_fpr(truth, score, 0.001)
+    metrics["session_at_model_threshold"] = operating_point(truth, score, threshold)
+    metrics["miner_time_to_alert_s"] = time_to_alert(split, mal, threshold)
+
+    ngram = None
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {"model": (probs, mal)}
+    if baselines:
+        ngram, outputs = _fit_baselines(
+            corpus_dir, model, train_runs, test_runs, split, seed, outputs
+        )
+        metrics["baselines"] = {}
+        for name in ("name_rule", "ngram"):
+            b_probs, b_mal = outputs[name]
+            b_thr = 0.5
+            m = split_metrics(model.classes, split, b_probs, b_mal, b_thr)
+            _, _, b_score = session_level(split, b_mal)
+            m["session_at_threshold"] = operating_point(truth, b_score, b_thr)
+            m["miner_time_to_alert_s"] = time_to_alert(split, b_mal, b_thr)
+            metrics["baselines"][name] = m
+    metrics["held_out_family"] = score_held_out_family(model, family_runs, ngram)
+    if captures:
+        metrics["captures"] = score_captures(model_dir, captures)
+        metrics["captures_baselines"] = score_captures_baselines(captures, ngram)
     log.info(
         "evaluation_done",
         runs=metrics["runs"],
         top1_accuracy_runs=metrics["top1_accuracy_runs"],
         miner_recall_runs=metrics["miner_recall_runs"],
         false_positive_rate_runs=metrics["false_positive_rate_runs"],
+        held_out_family_flagged=metrics["held_out_family"]["flagged_runs"],
     )
     if report_path is not None:
-        write_report(metrics, model.classes, Path(report_path))
+        from systerns.serving.report import write_full_report
+
+        write_full_report(
+            metrics, model.classes, Path(report_path), split=split, outputs=outputs
+        )
     return metrics
 
 
-def write_report(metrics: dict[str, Any], classes: tuple[str, ...], path: Path) -> Path:
-    """Write the metrics as a short Markdown report; return its path."""
-    confusion = np.array(metrics["confusion_runs"])
-    shown = [
-        i for i in range(len(classes)) if confusion[i].sum() or confusion[:, i].sum()
-    ]
-    lines = [
-        "# Systerns model evaluation",
-        "",
-        f"- model: `{metrics.get('model', '?')}` "
-        f"(version {metrics.get('model_version')})",
-        f"- corpus manifest sha256: `{metrics.get('corpus_sha256', '?')}`",
-        f"- written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-        "",
-        "## Data and split",
-        "",
-        "Test split only: runs the manifest marks `test`, none of which was trained",
-        "on (the split is by run, so no run has rows on both sides). Each run was",
-        "replayed through the sessionizer; its main process's judgements (running",
-        "snapshots and the final one) are the rows. Commands never trained on count",
-        f"as `{UNKNOWN}`.",
-        "",
-        "Run figures use each run's final judgement for the command and any",
-        "judgement for alerts. Alias-aware accuracy accepts a name that",
-        "`core.verdicts.names_match` accepts (the hash tools answer for each",
-        "other); masquerade figures replay `core.verdicts.reasons_for` with the",
-        "name each process showed and the default verdict policy.",
-        "",
-        f"- runs: {metrics['runs']} ({metrics['renamed_runs']} renamed, "
-        f"{metrics['malicious_runs']} malicious); rows: {metrics['rows']}",
-        f"- labels: {', '.join(metrics.get('test_labels', []))}",
-        "",
-        "## Figures",
-        "",
-        "| figure | value |",
-        "| --- | --- |",
-    ]
-    for key in (
-        "top1_accuracy_runs",
-        "top1_accuracy_renamed_runs",
-        "top1_alias_accuracy_runs",
-        "top1_alias_accuracy_renamed_runs",
-        "masquerade_alert_rate_renamed_benign_runs",
-        "masquerade_false_alert_rate_runs",
-        "confident_0_95_correct_renamed_runs",
-        "top1_accuracy_rows",
-        "malicious_threshold",
-        "miner_recall_runs",
-        "false_positive_rate_runs",
-        "malicious_roc_auc_rows",
-        "malicious_recall_rows",
-        "false_positive_rate_rows",
-        "max_malicious_benign_rows",
-    ):
-        lines.append(f"| {key} | {metrics[key]} |")
-    lines += [
-        "",
-        "## Per-class accuracy (runs)",
-        "",
-        "| class | accuracy |",
-        "| --- | --- |",
-    ]
-    lines += [f"| {c} | {a} |" for c, a in metrics["per_class_accuracy_runs"].items()]
-    lines += [
-        "",
-        "## Confusion matrix (runs; rows: true, columns: predicted)",
-        "",
-        "| true \\ predicted | " + " | ".join(classes[i] for i in shown) + " |",
-        "| --- |" + " --- |" * len(shown),
-    ]
-    for i in shown:
-        cells = " | ".join(
-            str(confusion[i, j]) if confusion[i, j] else "." for j in shown
-        )
-        lines.append(f"| {classes[i]} | {cells} |")
-    if metrics["errors_runs"]:
-        lines += [
-            "",
-            "Misread runs (true->predicted): " + ", ".join(metrics["errors_runs"]),
-        ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def _fit_baselines(
+    corpus_dir: Path,
+    model: LocalModel,
+    train_runs: list[dict[str, Any]],
+    test_runs: list[dict[str, Any]],
+    split: Split,
+    seed: int,
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> tuple[NgramBaseline | None, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    argv = {str(r["run_id"]): r.get("argv") or [] for r in test_runs}
+    outputs = dict(outputs)
+    outputs["name_rule"] = name_rule_outputs(
+        model.classes,
+        split.shown_names,
+        [argv.get(str(i), [])[1:] for i in split.run_ids],
+    )
+    train = build_split(extract_runs(corpus_dir, train_runs), model.classes)
+    if not len(train):
+        return None, outputs
+    sequences = main_sequences(train_runs + test_runs)
+    log.info("ngram_baseline_fitting", train_rows=len(train), test_rows=len(split))
+    ngram = NgramBaseline(model.classes, seed=seed).fit(
+        row_documents(train, sequences), train.labels, train.malicious
+    )
+    outputs["ngram"] = ngram.predict(row_documents(split, sequences))
+    return ngram, outputs
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics without the bulky per-session and per-cell parts."""
+    out = {k: v for k, v in metrics.items() if k not in ("confusion_runs",)}
+    if "captures" in out:
+        caps = out["captures"]
+        out["captures"] = {k: v for k, v in caps.items() if k != "captures"} | {
+            "errors": {n: c["error"] for n, c in caps["captures"].items() if c["error"]}
+        }
+    for m in out.get("baselines", {}).values():
+        m.pop("confusion_runs", None)
+    return out
 
 
 def score_captures(model_dir: Path, captures: list[Path]) -> dict[str, Any]:
@@ -420,12 +737,23 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="sysdig .scap files of normal activity to judge",
     )
+    parser.add_argument(
+        "--no-baselines", action="store_true", help="skip the two baselines"
+    )
     args = parser.parse_args(argv)
     out: dict[str, Any] = {}
     if args.corpus_dir is not None:
+        # A report always covers the real normal captures; --captures overrides.
+        captures = args.captures or (default_captures() if args.report else [])
         out["held_out"] = evaluate(
-            args.model_dir, args.corpus_dir, report_path=args.report
+            args.model_dir,
+            args.corpus_dir,
+            report_path=args.report,
+            captures=captures,
+            baselines=not args.no_baselines,
         )
+        print(json.dumps(_summary(out["held_out"]), indent=2, default=str))
+        return 0
     if args.captures:
         out["captures"] = score_captures(args.model_dir, args.captures)
     print(json.dumps(out, indent=2, default=str))

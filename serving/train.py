@@ -135,6 +135,7 @@ def train_on(
             "learning_rate": config.learning_rate,
             "hidden_units": list(config.hidden_units),
             "dropout": config.dropout,
+            "input_transform": config.input_transform,
         },
         "train_runs": data.train.n_runs,
         "train_rows": len(data.train),

@@ -15,19 +15,23 @@ which is where Faust lets a table change. The session logic is
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
+import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
 import orjson
 import structlog
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Counter, Gauge, start_http_server
 
 from systerns.core.detector import Detector, Outcome
 from systerns.core.errors import InputError, ModelError, ModelUnavailableError
-from systerns.core.sessions import Judgement, SessionPolicy, Sessionizer
+from systerns.core.sessions import Judgement, Sessionizer, SessionPolicy
 from systerns.core.settings import Settings
 from systerns.core.suppression import Suppressor
 from systerns.core.verdicts import VerdictPolicy
@@ -37,6 +41,16 @@ from systerns.schemas.records import record_to_batch
 log = structlog.get_logger(__name__)
 
 EVENTS_IN = Counter("systerns_worker_events_total", "Syscall events consumed")
+RECORDS_IN = Counter("systerns_worker_records_total", "Event records consumed")
+SESSIONIZED = Counter("systerns_worker_events_sessionized_total",
+                      "Syscall events folded into a session")
+DEAD_RECORDS = Counter("systerns_worker_records_dead_lettered_total",
+                       "Event records dead-lettered", ["reason"])
+UNACCOUNTED = Gauge("systerns_worker_unaccounted_records",
+                    "Records in minus records sessionized or dead-lettered (0 at rest)")
+QUEUED = Gauge("systerns_worker_judgements_queued", "Judgements waiting for the model")
+BREAKER = Gauge("systerns_worker_model_breaker_open",
+                "1 while the model circuit breaker is open or half-open")
 BATCHES_IN = Counter("systerns_worker_batches_total", "Event batches consumed")
 DEAD = Counter("systerns_worker_dead_letters_total", "Records dead-lettered", ["reason"])
 JUDGED = Counter("systerns_worker_judgements_total", "Sessions judged", ["trigger"])
@@ -52,6 +66,142 @@ TICK_INTERVAL_S = 2.0
 JUDGE_BATCH = 64
 JUDGE_WAIT_S = 0.05
 MAX_SEEN_ALERTS = 100_000
+MAX_BACKOFF_S = 10.0
+
+
+class CircuitBreaker:
+    """Stops calling a failing model server, then probes it after a cooldown.
+
+    Closed: calls go through. After ``failures`` consecutive failures it opens:
+    no call until ``cooldown_s`` has passed, then one probe (half-open); a
+    success closes it, a failure opens it for another cooldown.
+
+    Args:
+        failures: consecutive failures that open the breaker.
+        cooldown_s: seconds the breaker stays open before a probe.
+        clock: monotonic clock in seconds (tests pass a fake one).
+    """
+
+    def __init__(self, failures: int = 5, cooldown_s: float = 5.0,
+                 clock=time.monotonic) -> None:
+        self.failures = max(1, failures)
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.state = "closed"
+        self.consecutive = 0
+        self.opened_at = 0.0
+        self.opened_total = 0
+
+    def wait_s(self) -> float:
+        """Seconds until a call may go out (0 when closed or due for a probe)."""
+        if self.state != "open":
+            return 0.0
+        left = self.opened_at + self.cooldown_s - self.clock()
+        if left <= 0:
+            self.state = "half_open"
+            log.info("model_breaker_half_open")
+            return 0.0
+        return left
+
+    def success(self) -> None:
+        """Record a successful call: the breaker closes."""
+        if self.state != "closed":
+            log.info("model_breaker_closed", after_failures=self.consecutive)
+        self.state, self.consecutive = "closed", 0
+        BREAKER.set(0)
+
+    def failure(self) -> None:
+        """Record a failed call; opens the breaker past the threshold or on a probe."""
+        self.consecutive += 1
+        if self.state == "half_open" or (
+                self.state == "closed" and self.consecutive >= self.failures):
+            self.state, self.opened_at = "open", self.clock()
+            self.opened_total += 1
+            BREAKER.set(1)
+            log.warning("model_breaker_open", failures=self.consecutive,
+                        cooldown_s=self.cooldown_s)
+
+
+class AlertIndex:
+    """Alert ids already emitted, shared by restarts and by every worker of a group.
+
+    The ids live on a compacted topic (key = alert id). A thread reads it from
+    the beginning and keeps tailing it, so a restarted worker, or the worker that
+    takes over a partition, knows what its predecessors emitted. The worker checks
+    ``seen`` before it sends an alert and records the id right after.
+
+    XXX(#4): the alert and its index entry are two messages, not a transaction;
+    a crash between the two sends can still repeat that one alert after a
+    restart. Faust's transactions (processing_guarantee="exactly_once") would
+    close it, at the cost of a producer per partition.
+    """
+
+    def __init__(self, settings: Settings, topic: str, max_ids: int) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.max_ids = max_ids
+        self.ids: OrderedDict[str, None] = OrderedDict()
+        self.arrived: deque[str] = deque()
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self.loaded = 0
+
+    def ensure_topic(self) -> None:
+        """Create the compacted index topic when it does not exist yet."""
+        admin = AdminClient(self.settings.kafka_config() | {"log_level": 0})
+        fut = admin.create_topics([NewTopic(
+            self.topic, num_partitions=1, replication_factor=1,
+            config={"cleanup.policy": "compact"})])[self.topic]
+        try:
+            fut.result(timeout=30)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+    def start(self) -> None:
+        """Start the thread that loads, then tails, the index topic."""
+        threading.Thread(target=self._run, name="alert-index", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.ensure_topic()
+            consumer = Consumer(self.settings.kafka_config() | {
+                "group.id": f"{self.topic}-reader", "enable.auto.commit": False,
+                "log_level": 0})
+            tp = TopicPartition(self.topic, 0, 0)
+            consumer.assign([tp])
+            _low, high = consumer.get_watermark_offsets(tp, timeout=30)
+        except Exception as exc:  # noqa: BLE001 - dedup degrades to memory, logged
+            log.error("alert_index_unavailable", topic=self.topic, error=str(exc))
+            self.ready.set()
+            return
+        if high <= 0:
+            log.info("alert_index_loaded", topic=self.topic, ids=0)
+            self.ready.set()
+        while not self.stopping.is_set():
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if msg.key():
+                self.arrived.append(msg.key().decode("utf-8", "replace"))
+                self.loaded += 1
+            if not self.ready.is_set() and msg.offset() >= high - 1:
+                log.info("alert_index_loaded", topic=self.topic, ids=self.loaded)
+                self.ready.set()
+        consumer.close()
+
+    def seen(self, alert_id: str) -> bool:
+        """Whether this alert id was emitted already (by any worker, any run)."""
+        while self.arrived:
+            self.add(self.arrived.popleft())
+        return alert_id in self.ids
+
+    def add(self, alert_id: str) -> None:
+        """Remember an id locally (the caller also writes it to the topic)."""
+        self.ids[alert_id] = None
+        self.ids.move_to_end(alert_id)
+        while len(self.ids) > self.max_ids:
+            self.ids.popitem(last=False)
 
 
 def events_partitions(settings: Settings, default: int = 6) -> int:
@@ -87,8 +237,12 @@ def create_app(settings: Settings, *, model=None,
     """
     partitions = events_partitions(settings)
     broker = ";".join(f"kafka://{b}" for b in settings.bootstrap_servers.split(","))
+    data_dir = Path(os.environ.get("SYSTERNS_DATA_DIR", "var/faust"))
+    data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.worker_id,
+        # Faust keeps a small data folder per app id; keep it out of the tree.
+        datadir=str(data_dir / "{conf.id}"),
         broker=broker,
         store="memory://",
         topic_partitions=partitions,
@@ -149,12 +303,21 @@ def create_app(settings: Settings, *, model=None,
     detector = Detector(model if model is not None else default_model_client(settings),
                         settings.model_name,
                         VerdictPolicy(malicious_threshold=settings.malicious_threshold))
-    pending: asyncio.Queue[Judgement] = asyncio.Queue(maxsize=10_000)
-    seen_alerts: OrderedDict[str, int] = OrderedDict()
+    # Bounded: a full queue blocks the events agent (back-pressure on the
+    # consumer), so judgements wait for the model instead of being dropped.
+    pending: asyncio.Queue[Judgement] = asyncio.Queue(maxsize=settings.judge_queue_max)
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
+    index_topic = app.topic(f"{settings.worker_id}-alert-index", key_serializer="raw",
+                            value_serializer="raw")
+    index = AlertIndex(settings, f"{settings.worker_id}-alert-index", MAX_SEEN_ALERTS)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model")
-    totals = {"events": 0, "batches": 0, "dead_letters": 0, "judgements": 0,
-              "verdicts": 0, "alerts": 0, "duplicate_alerts": 0, "suppressed": 0}
+    totals = {"records": 0, "events": 0, "batches": 0, "events_sessionized": 0,
+              "records_dead_lettered": 0, "events_dead_lettered": 0,
+              "dead_letters": 0, "judgements": 0, "verdicts": 0, "alerts": 0,
+              "duplicate_alerts": 0, "suppressed": 0, "model_retries": 0,
+              "breaker_opened": 0, "queued_peak": 0}
     app.systerns_totals = totals  # type: ignore[attr-defined]
+    app.systerns_breaker = breaker  # type: ignore[attr-defined]
 
     async def send_dead(reason: str, detail: str, source: str, raw: bytes) -> None:
         rec = {"stage": "worker", "reason": reason, "detail": detail[:1000],
@@ -164,32 +327,54 @@ def create_app(settings: Settings, *, model=None,
         DEAD.labels(reason).inc()
         totals["dead_letters"] += 1
 
+    async def dead_record(reason: str, detail: str, where: str, raw: bytes,
+                          n_events: int = 0) -> None:
+        await send_dead(reason, detail, where, raw)
+        DEAD_RECORDS.labels(reason).inc()
+        totals["records_dead_lettered"] += 1
+        totals["events_dead_lettered"] += n_events
+        UNACCOUNTED.set(unaccounted(totals))
+
     async def enqueue(judgements: list[Judgement]) -> None:
         for j in judgements:
             JUDGED.labels(j.trigger).inc()
             totals["judgements"] += 1
             await pending.put(j)
+            QUEUED.set(pending.qsize())
+            totals["queued_peak"] = max(totals["queued_peak"], pending.qsize())
 
     @app.agent(events, name="systerns.on_events")
     async def on_events(stream):
         async for event in stream.events():
             msg = event.message
             where = f"{msg.topic}/{msg.partition}/{msg.offset}"
+            RECORDS_IN.inc()
+            totals["records"] += 1
             try:
                 batch = record_to_batch(codec.decode(event.value))
             except InputError as exc:
                 log.warning("record_dead_lettered", reason=exc.reason, where=where)
-                await send_dead(exc.reason, exc.detail, where, event.value)
+                await dead_record(exc.reason, exc.detail, where, event.value)
                 continue
             except (KeyError, TypeError, ValueError) as exc:
-                await send_dead("bad_record", str(exc), where, event.value)
+                await dead_record("bad_record", str(exc), where, event.value)
                 continue
             BATCHES_IN.inc()
             EVENTS_IN.inc(len(batch))
-            totals["batches"] += 1
             totals["events"] += len(batch)
-            await enqueue(sessionizer.ingest(batch, partition=msg.partition,
-                                             wall_ns=time.time_ns()))
+            try:
+                due = sessionizer.ingest(batch, partition=msg.partition,
+                                         wall_ns=time.time_ns())
+            except Exception as exc:  # noqa: BLE001 - accounted, never silent
+                log.error("sessionize_failed", where=where, error=repr(exc))
+                await dead_record("session_error", repr(exc), where, event.value,
+                                  len(batch))
+                continue
+            totals["batches"] += 1
+            totals["events_sessionized"] += len(batch)
+            SESSIONIZED.inc(len(batch))
+            UNACCOUNTED.set(unaccounted(totals))
+            await enqueue(due)
 
     @app.agent(ticks, name="systerns.on_tick")
     async def on_tick(stream):
@@ -210,22 +395,22 @@ def create_app(settings: Settings, *, model=None,
         await verdicts.send(key=v["session_id"].encode(), value=verdict_codec.encode(v))
         totals["verdicts"] += 1
         for a in outcome.alerts:
-            if a["alert_id"] in seen_alerts:
-                seen_alerts[a["alert_id"]] += 1
+            if index.seen(a["alert_id"]):
                 DUP_ALERTS.inc()
                 totals["duplicate_alerts"] += 1
                 continue
-            seen_alerts[a["alert_id"]] = 1
-            while len(seen_alerts) > MAX_SEEN_ALERTS:
-                seen_alerts.popitem(last=False)
+            index.add(a["alert_id"])
             incident = suppressor.offer(a, time.time())
             if incident is None:
                 # The same process and reason is already an open incident.
                 SUPPRESSED.inc()
                 totals["suppressed"] += 1
+                await index_topic.send(key=a["alert_id"].encode(), value=b"1")
                 continue
             a["incident_id"] = incident.incident_id
             await alerts.send(key=a["alert_id"].encode(), value=alert_codec.encode(a))
+            # After the alert: a crash in between repeats it, never loses it.
+            await index_topic.send(key=a["alert_id"].encode(), value=b"1")
             if webhook is not None:
                 asyncio.ensure_future(webhook.asend(a))
             ALERTS.labels(a["reason"]).inc()
@@ -234,9 +419,46 @@ def create_app(settings: Settings, *, model=None,
                         process=a["process_name"], behaves_like=a["behaves_like"],
                         malicious=round(a["malicious_probability"], 3))
 
+    async def call_model(batch: list[Judgement]) -> list[Outcome]:
+        """Judge a batch, waiting out model outages behind the breaker."""
+        loop = asyncio.get_running_loop()
+        backoff_s = 0.2
+        while True:
+            wait_s = breaker.wait_s()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+                continue
+            try:
+                outcomes = await loop.run_in_executor(executor, detector.judge, batch)
+            except ModelUnavailableError as exc:
+                # Keep the judgements and retry: no verdict is lost while the
+                # model server is away.
+                breaker.failure()
+                totals["breaker_opened"] = breaker.opened_total
+                MODEL_RETRIES.inc()
+                totals["model_retries"] += 1
+                log.warning("model_unavailable", error=str(exc), retry_in_s=backoff_s,
+                            waiting=len(batch) + pending.qsize(),
+                            breaker=breaker.state)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+                continue
+            except ModelError as exc:
+                breaker.success()
+                log.error("model_failed", error=str(exc), judgements=len(batch))
+                for j in batch:
+                    await send_dead("model_error", str(exc), j.session["session_id"],
+                                    b"")
+                return []
+            breaker.success()
+            return outcomes
+
     @app.task
     async def judge_loop() -> None:
         loop = asyncio.get_running_loop()
+        index.start()
+        # Alerts wait until the ids emitted by earlier runs are known.
+        await asyncio.to_thread(index.ready.wait, 60)
         while True:
             batch = [await pending.get()]
             deadline = loop.time() + JUDGE_WAIT_S
@@ -248,27 +470,8 @@ def create_app(settings: Settings, *, model=None,
                     batch.append(await asyncio.wait_for(pending.get(), timeout))
                 except TimeoutError:
                     break
-            backoff_s = 0.2
-            while True:
-                try:
-                    outcomes = await loop.run_in_executor(executor, detector.judge, batch)
-                    break
-                except ModelUnavailableError as exc:
-                    # Keep the judgements and retry: no verdict is lost while the
-                    # model server is away.
-                    MODEL_RETRIES.inc()
-                    log.warning("model_unavailable", error=str(exc),
-                                retry_in_s=backoff_s, waiting=len(batch))
-                    await asyncio.sleep(backoff_s)
-                    backoff_s = min(backoff_s * 2, 10.0)
-                except ModelError as exc:
-                    log.error("model_failed", error=str(exc), judgements=len(batch))
-                    for j in batch:
-                        await send_dead("model_error", str(exc), j.session["session_id"],
-                                        b"")
-                    outcomes = []
-                    break
-            for o in outcomes:
+            QUEUED.set(pending.qsize())
+            for o in await call_model(batch):
                 await emit(o)
 
     @app.timer(interval=10.0)
@@ -294,6 +497,31 @@ def create_app(settings: Settings, *, model=None,
         start_http_server(settings.metrics_port, addr="0.0.0.0")  # noqa: S104
 
     return app
+
+
+def unaccounted(totals: dict) -> int:
+    """Records consumed but neither sessionized nor dead-lettered (0 at rest)."""
+    return totals["records"] - totals["batches"] - totals["records_dead_lettered"]
+
+
+def balance(totals: dict) -> dict:
+    """The worker's account: records in = records sessionized + dead-lettered.
+
+    Events are counted for decodable records: events in = events sessionized +
+    events of records dead-lettered after decoding. A record that cannot be
+    decoded has no event count; it is accounted as one dead-lettered record.
+    """
+    return {
+        "records_in": totals["records"],
+        "records_sessionized": totals["batches"],
+        "records_dead_lettered": totals["records_dead_lettered"],
+        "events_in": totals["events"],
+        "events_sessionized": totals["events_sessionized"],
+        "events_dead_lettered": totals["events_dead_lettered"],
+        "unaccounted_records": unaccounted(totals),
+        "balanced": unaccounted(totals) == 0 and totals["events"] == (
+            totals["events_sessionized"] + totals["events_dead_lettered"]),
+    }
 
 
 def _credentials(settings: Settings):

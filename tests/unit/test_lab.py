@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -12,9 +13,10 @@ import pytest
 
 from systerns.lab.catalog import BENIGN_LABELS, CATALOG
 from systerns.lab.corpus import iter_sessions, label_session, load_corpus
+from systerns.lab.kinsing import HELD_OUT_SPLIT, plan_family_runs, record_family_run
 from systerns.lab.miner import (
-    MINER_LABEL,
     MEMBER,
+    MINER_LABEL,
     PACKAGE_REL,
     _repo_root,
     check_netns,
@@ -227,3 +229,49 @@ def test_one_miner_run_is_judged_while_running(tmp_path: Path) -> None:
     )
     assert any(s["final"] for s in sessions)
     assert len(running[0]["session"]["tids"]) >= 2
+
+
+def test_family_plan_stays_in_its_sandbox(tmp_path: Path) -> None:
+    """Held-out family: varied runs, everything under the run folder, 127.0.0.1."""
+    sb = Sandbox(tmp_path / "sb")
+    sb.root.mkdir()
+    runs = plan_family_runs(sb, n_runs=4, seed=7)
+
+    assert len({r.run_id for r in runs}) == 4
+    assert {r.algo for r in runs} == {"scrypt", "sha256d"}
+    for r in runs:
+        dropper = (r.run_dir / "dropper.sh").read_text()
+        cfg = json.loads((r.run_dir / "www" / "cfg.json").read_text())
+        assert r.run_dir.is_relative_to(sb.root)
+        assert "crontab -" not in dropper and "/etc/" not in dropper
+        assert "competitors.pids" in dropper and "pkill" not in dropper
+        assert (
+            cfg["port"] == 3333
+            and "127.0.0.1" in (r.run_dir / "stratum.py").read_text()
+        )
+        assert (r.run_dir / "www" / "bin" / "payload").is_file()
+        assert list((r.run_dir / "competitors").iterdir())
+
+
+@needs_strace
+def test_one_family_run_records_the_attack(tmp_path: Path) -> None:
+    """Dropper kills, downloads, persists in the sandbox and mines over stratum."""
+    if not check_netns():
+        pytest.skip("unshare -n is not permitted here")
+    sb = Sandbox(tmp_path / "sb")
+    sb.root.mkdir()
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    run = dataclasses.replace(plan_family_runs(sb, n_runs=1, seed=3)[0], seconds=6.0)
+
+    entry = record_family_run(run, traces)
+    text = (tmp_path / entry["trace"]).read_text()
+
+    assert entry["split"] == HELD_OUT_SPLIT and entry["malicious"]
+    assert "kill(" in text and "SIGKILL" in text
+    assert 'inet_addr("127.0.0.1")' in text and "htons(3333)" in text
+    assert "mining.submit" in text or "mining.authorize" in text
+    assert sorted(p.name for p in (run.run_dir / "persist").iterdir()) == [
+        "bot.service",
+        "crontab",
+    ]

@@ -20,8 +20,8 @@ from systerns.serving import evaluate as evaluate_module
 from systerns.serving.client import LocalModel
 from systerns.serving.dataset import UNKNOWN, Split
 from systerns.serving.evaluate import evaluate, split_metrics
-from systerns.serving.export import read_metadata
-from systerns.serving.model import FitConfig, balanced_weights
+from systerns.serving.export import read_metadata, stage
+from systerns.serving.model import FitConfig, balanced_weights, build_model
 from systerns.serving.train import train
 
 SECOND_NS = 1_000_000_000
@@ -221,3 +221,19 @@ def test_train_refuses_existing_version(plumbing_corpus: Path, tmp_path: Path) -
 
     with pytest.raises(FileExistsError):
         train(plumbing_corpus, tmp_path / "models", version=1)
+
+
+def test_sqrt_input_survives_export(tmp_path: Path) -> None:
+    """The sqrt input layer is rebuilt from its config when a version is saved."""
+    config = FitConfig(members=1, hidden_units=(8,), input_transform="sqrt")
+    model = build_model(3, config)
+    x = np.full((2, FEATURE_DIM), 0.25, np.float32)
+
+    staged = stage(model, ("a", "b", UNKNOWN), tmp_path, "m", 1, threshold=0.9)
+    probs, _ = LocalModel(staged, version=1).predict_arrays(x)
+
+    expected = model.predict(x, verbose=0)["command_probs"]
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    assert "sqrt_features" in {
+        layer.name for m in model.layers if hasattr(m, "layers") for layer in m.layers
+    }
