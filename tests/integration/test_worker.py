@@ -71,7 +71,11 @@ def test_session_survives_a_killed_worker(broker, tmp_path):
     finally:
         stack.stop()
 
-    assert len(finals) == 1, finals
-    assert finals[0]["n_events"] == total
-    assert finals[0]["trigger"] == "exit"
-    assert finals[0]["process_name"] == "sha256sum"
+    # Verdicts are at-least-once: a rebalance right after the restart may replay
+    # the exit batch, and then the same final verdict comes twice. Each copy must
+    # be the whole session (alerts, unlike verdicts, are de-duplicated by id).
+    assert finals, "no final verdict after the restart"
+    assert len({f["session_id"] for f in finals}) == 1, finals
+    assert all(f["n_events"] == total for f in finals), finals
+    assert all(f["trigger"] == "exit" for f in finals)
+    assert all(f["process_name"] == "sha256sum" for f in finals)
