@@ -1,0 +1,56 @@
+"""``systerns worker`` for benchmark runs: optionally profiled, or with proposals.
+
+``BENCH_PROFILE_OUT=FILE``: the first SIGRTMIN starts cProfile on the worker's
+main thread (the Faust event loop: consumer, agents, table, producer), the
+second stops it and writes the stats to FILE, so start-up and shutdown stay
+out. The model calls run in executor threads and are not profiled here
+(``benchmarks.model`` measures them).
+
+``BENCH_PROPOSALS=1``: the changes of ``benchmarks.proposals`` are swapped in
+(core and worker parts) before the worker starts.
+
+    BENCH_PROPOSALS=1 python -m benchmarks.worker_process [worker options]
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import signal
+import sys
+
+
+def install_profiler(out: str) -> None:
+    """Toggle cProfile on SIGRTMIN (mode's worker claims SIGINT/TERM/USR1/USR2)."""
+    prof = cProfile.Profile()
+    running = [False]
+
+    def toggle(_signum: int, _frame: object) -> None:
+        if running[0]:
+            prof.disable()
+            prof.dump_stats(out)
+        else:
+            prof.enable()
+        running[0] = not running[0]
+
+    signal.signal(signal.SIGRTMIN, toggle)
+
+
+def main(argv: list[str]) -> int:
+    if os.environ.get("BENCH_PROFILE_OUT"):
+        install_profiler(os.environ["BENCH_PROFILE_OUT"])
+    if os.environ.get("BENCH_PROPOSALS") == "1":
+        from benchmarks import proposals
+
+        proposals.apply_for_good("core")
+        proposals.apply_for_good("worker")
+
+    from systerns.cli.worker import main as worker_main
+    from systerns.core.logs import configure
+
+    configure()
+    return worker_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
