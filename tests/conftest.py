@@ -68,26 +68,40 @@ def topics(broker: str):
 
 def consume_all(broker: str, topic: str, *, expect: int | None = None,
                 timeout_s: float = 30.0, idle_s: float = 3.0) -> list:
-    """Every message of a topic from the start, until ``expect`` or quiet."""
+    """Every message of a topic from the start.
+
+    With ``expect``, stops once that many arrived. Without, reads up to the high
+    watermarks of every partition as they were when called (not "until quiet":
+    under load one partition's fetch can lag another's by seconds). ``idle_s``
+    is kept for callers and no longer used to stop early.
+    """
     import time
 
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": broker, "group.id": f"t-{uuid.uuid4().hex}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
                   "log_level": 0})
-    c.subscribe([topic])
-    out, start, last = [], time.monotonic(), time.monotonic()
+    out, start = [], time.monotonic()
     try:
+        md = c.list_topics(topic, timeout=10).topics.get(topic)
+        parts = sorted(md.partitions) if md is not None and md.partitions else []
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in parts}
+        todo = {p for p, hi in ends.items() if hi > 0}
+        if expect is None and not todo:
+            return out
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
         while time.monotonic() - start < timeout_s:
             msg = c.poll(0.5)
             if msg is None or msg.error():
-                if expect is None and out and time.monotonic() - last > idle_s:
-                    break
                 continue
             out.append(msg)
-            last = time.monotonic()
+            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                todo.discard(msg.partition())
             if expect is not None and len(out) >= expect:
+                break
+            if expect is None and not todo:
                 break
     finally:
         c.close()
