@@ -83,5 +83,7 @@ def test_session_survives_a_killed_worker(broker, tmp_path):
     # batch arrived); the events were all judged, but split in two sessions.
     # One session is the normal outcome and what this test saw in quiet runs.
     assert len(by_session) <= 2, finals
-    assert all(f["trigger"] == "exit" for f in finals)
+    # The process's exit closes the (last) session; a split first part closes
+    # on another trigger.
+    assert any(f["trigger"] == "exit" for f in finals), finals
     assert all(f["process_name"] == "sha256sum" for f in finals)
