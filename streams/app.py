@@ -59,6 +59,8 @@ DUP_ALERTS = Counter("systerns_worker_duplicate_alerts_total",
                      "Alerts with an id already emitted")
 SUPPRESSED = Counter("systerns_worker_suppressed_alerts_total",
                      "Alerts merged into an open incident")
+REPLAYED = Counter("systerns_worker_records_replayed_total",
+                   "Records re-consumed after a restart and already in the state")
 OPEN = Gauge("systerns_worker_open_sessions", "Open sessions on this worker")
 MODEL_RETRIES = Counter("systerns_worker_model_retries_total", "Model call retries")
 
@@ -67,6 +69,8 @@ JUDGE_BATCH = 64
 JUDGE_WAIT_S = 0.05
 MAX_SEEN_ALERTS = 100_000
 MAX_BACKOFF_S = 10.0
+#: Key of the tick-topic message saying a closed session's verdict is out.
+DONE_KEY = b"done"
 
 
 class CircuitBreaker:
@@ -274,6 +278,12 @@ def create_app(settings: Settings, *, model=None,
     sessions = app.Table("sessions", default=None, partitions=partitions,
                          key_type=bytes, value_type=bytes,
                          help="open sessions by process key")
+    # Closed sessions stay here until their final verdict is on the verdicts
+    # topic, so a worker that dies while they wait for the model (an outage, a
+    # full queue) hands them to its successor instead of losing them.
+    judging = app.Table("judging", default=None, partitions=partitions,
+                        key_type=bytes, value_type=bytes,
+                        help="closed sessions waiting for their final verdict")
 
     codec = Codec("event_batch")
     verdict_codec, dlq_codec = Codec("verdict"), Codec("dead_letter")
@@ -299,7 +309,8 @@ def create_app(settings: Settings, *, model=None,
 
         webhook = WebhookSink(settings.webhook_url, fmt=settings.webhook_format,
                               on_dead_letter=webhook_dead)
-    sessionizer = Sessionizer(_JsonTable(sessions), session_policy or SessionPolicy())
+    store = _JsonTable(sessions, partitions)
+    sessionizer = Sessionizer(store, session_policy or SessionPolicy())
     detector = Detector(model if model is not None else default_model_client(settings),
                         settings.model_name,
                         VerdictPolicy(malicious_threshold=settings.malicious_threshold))
@@ -315,7 +326,8 @@ def create_app(settings: Settings, *, model=None,
               "records_dead_lettered": 0, "events_dead_lettered": 0,
               "dead_letters": 0, "judgements": 0, "verdicts": 0, "alerts": 0,
               "duplicate_alerts": 0, "suppressed": 0, "model_retries": 0,
-              "breaker_opened": 0, "queued_peak": 0}
+              "breaker_opened": 0, "queued_peak": 0, "records_replayed": 0,
+              "events_replayed": 0}
     app.systerns_totals = totals  # type: ignore[attr-defined]
     app.systerns_breaker = breaker  # type: ignore[attr-defined]
 
@@ -335,8 +347,24 @@ def create_app(settings: Settings, *, model=None,
         totals["events_dead_lettered"] += n_events
         UNACCOUNTED.set(unaccounted(totals))
 
-    async def enqueue(judgements: list[Judgement]) -> None:
+    awaiting = _JsonTable(judging)
+    # Session ids of final judgements queued or being judged by this process;
+    # a session id leaves the set when its ``done`` mark comes back on the tick
+    # topic, in the same step that deletes it from the ``judging`` table.
+    inflight: set[str] = set()
+
+    async def enqueue(judgements: list[Judgement], *, recovered: bool = False) -> None:
+        """Queue judgements for the model; final ones are kept in ``judging`` first.
+
+        Must run inside a stream step (on_events or on_tick): Faust writes a
+        table's changelog to the partition of the event being processed.
+        """
         for j in judgements:
+            if j.final:
+                sid = j.session["session_id"]
+                if not recovered:
+                    awaiting[sid] = {"trigger": j.trigger, "session": j.session}
+                inflight.add(sid)
             JUDGED.labels(j.trigger).inc()
             totals["judgements"] += 1
             await pending.put(j)
@@ -362,6 +390,14 @@ def create_app(settings: Settings, *, model=None,
             BATCHES_IN.inc()
             EVENTS_IN.inc(len(batch))
             totals["events"] += len(batch)
+            if store.already_applied(batch.process.key, msg.partition, msg.offset):
+                # Re-consumed after a crash: the changelog holds it already.
+                REPLAYED.inc()
+                totals["records_replayed"] += 1
+                totals["events_replayed"] += len(batch)
+                UNACCOUNTED.set(unaccounted(totals))
+                continue
+            store.offset = msg.offset
             try:
                 due = sessionizer.ingest(batch, partition=msg.partition,
                                          wall_ns=time.time_ns())
@@ -370,6 +406,8 @@ def create_app(settings: Settings, *, model=None,
                 await dead_record("session_error", repr(exc), where, event.value,
                                   len(batch))
                 continue
+            finally:
+                store.offset = None
             totals["batches"] += 1
             totals["events_sessionized"] += len(batch)
             SESSIONIZED.inc(len(batch))
@@ -379,8 +417,17 @@ def create_app(settings: Settings, *, model=None,
     @app.agent(ticks, name="systerns.on_tick")
     async def on_tick(stream):
         async for event in stream.events():
-            due = sessionizer.sweep(time.time_ns(), wall=True,
-                                    partition=event.message.partition)
+            partition = event.message.partition
+            if event.key == DONE_KEY:
+                # The final verdict of this session is out: forget the session.
+                sid = bytes(event.value).decode()
+                if sid in awaiting:
+                    del awaiting[sid]
+                inflight.discard(sid)
+                continue
+            await enqueue(recovered_judgements(awaiting, inflight, partition),
+                          recovered=True)
+            due = sessionizer.sweep(time.time_ns(), wall=True, partition=partition)
             OPEN.set(len(sessions))
             await enqueue(due)
 
@@ -473,6 +520,12 @@ def create_app(settings: Settings, *, model=None,
             QUEUED.set(pending.qsize())
             for o in await call_model(batch):
                 await emit(o)
+            # Verdicts (or model_error dead letters) are out for the whole batch.
+            for j in batch:
+                if j.final:
+                    await ticks.send(key=DONE_KEY,
+                                     value=j.session["session_id"].encode(),
+                                     partition=j.session.get("partition", 0))
 
     @app.timer(interval=10.0)
     async def report_incidents() -> None:
@@ -499,9 +552,29 @@ def create_app(settings: Settings, *, model=None,
     return app
 
 
+def recovered_judgements(awaiting, inflight: set[str],
+                         partition: int) -> list[Judgement]:
+    """Final judgements of ``partition`` kept in ``judging`` but queued by nobody.
+
+    After a crash or a rebalance the table comes back from its changelog while
+    the queue that held these judgements is gone: they are judged again here.
+    """
+    out = []
+    for sid, rec in awaiting.items():
+        if rec is None or sid in inflight:
+            continue
+        session = rec["session"]
+        if session.get("partition", 0) != partition:
+            continue
+        log.info("judgement_recovered", session_id=sid, trigger=rec["trigger"])
+        out.append(Judgement(session, rec["trigger"], True))
+    return out
+
+
 def unaccounted(totals: dict) -> int:
     """Records consumed but neither sessionized nor dead-lettered (0 at rest)."""
-    return totals["records"] - totals["batches"] - totals["records_dead_lettered"]
+    return (totals["records"] - totals["batches"] - totals["records_dead_lettered"]
+            - totals.get("records_replayed", 0))
 
 
 def balance(totals: dict) -> dict:
@@ -518,9 +591,12 @@ def balance(totals: dict) -> dict:
         "events_in": totals["events"],
         "events_sessionized": totals["events_sessionized"],
         "events_dead_lettered": totals["events_dead_lettered"],
+        "records_replayed": totals.get("records_replayed", 0),
+        "events_replayed": totals.get("events_replayed", 0),
         "unaccounted_records": unaccounted(totals),
         "balanced": unaccounted(totals) == 0 and totals["events"] == (
-            totals["events_sessionized"] + totals["events_dead_lettered"]),
+            totals["events_sessionized"] + totals["events_dead_lettered"]
+            + totals.get("events_replayed", 0)),
     }
 
 
@@ -547,11 +623,38 @@ class _JsonTable:
     are plain tombstones that changelog recovery understands. Decoded states are
     cached; the table stays the authority on which keys this worker owns, so
     keys of partitions that moved to another worker are never used.
+
+    Replays are made idempotent with the record offsets: while a record is being
+    folded (``offset`` set), every state written is stamped with it, and closing
+    a session moves the partition's ``applied`` mark (a reserved key in the same
+    table, so in the same changelog partition, after the deletion) up to it.
+    After a crash the changelog holds a prefix of these writes, in order, and
+    ``already_applied`` tells which re-consumed records that prefix reflects.
     """
 
-    def __init__(self, table) -> None:
+    MARK = "\x00applied/"
+
+    def __init__(self, table, partitions: int = 1) -> None:
         self.table = table
+        self.partitions = partitions
         self._cache: dict[str, dict] = {}
+        #: Offset of the record being folded, or None outside ``on_events``.
+        self.offset: int | None = None
+
+    def already_applied(self, key: str, partition: int, offset: int) -> bool:
+        """Whether the record at ``offset`` of ``partition`` is in the state already."""
+        state = self.get(key)
+        if state is not None and state.get("offset", -1) >= offset:
+            return True
+        mark = self.get(f"{self.MARK}{partition}")
+        return mark is not None and offset <= mark["offset"]
+
+    def _mark(self, partition: int, offset: int) -> None:
+        key = f"{self.MARK}{partition}"
+        mark = self.get(key)
+        if mark is None or offset > mark["offset"]:
+            self._cache[key] = {"offset": offset}
+            self.table[key.encode()] = orjson.dumps({"offset": offset})
 
     def get(self, key: str, default=None):
         kb = key.encode()
@@ -571,21 +674,32 @@ class _JsonTable:
         return state
 
     def __setitem__(self, key: str, value: dict) -> None:
+        if self.offset is not None and self.offset > value.get("offset", -1):
+            value["offset"] = self.offset
         self._cache[key] = value
         self.table[key.encode()] = orjson.dumps(value)
 
     def __delitem__(self, key: str) -> None:
+        state = self.get(key) or {}
         self._cache.pop(key, None)
         del self.table[key.encode()]
+        done = max(state.get("offset", -1),
+                   -1 if self.offset is None else self.offset)
+        if done >= 0 and "partition" in state:
+            self._mark(state["partition"], done)
 
     def __contains__(self, key: str) -> bool:
         return key.encode() in self.table
 
     def __len__(self) -> int:
-        return len(self.table)
+        # O(partitions), not O(sessions): the store's cap is checked often.
+        marks = sum(1 for p in range(self.partitions)
+                    if f"{self.MARK}{p}".encode() in self.table)
+        return len(self.table) - marks
 
     def keys(self):
-        return [k.decode() for k in list(self.table.keys())]
+        return [k.decode() for k in list(self.table.keys())
+                if not k.startswith(b"\x00")]
 
     def items(self):
         owned = self.keys()
