@@ -126,6 +126,60 @@ class CircuitBreaker:
                         cooldown_s=self.cooldown_s)
 
 
+INCIDENT_PREFIX = "incident/"
+
+
+class IncidentState(dict):
+    """The suppressor's incidents, remembering which keys changed since a flush.
+
+    The worker writes changed incidents to the alert-index topic after the alert
+    that changed them, so a restarted worker, or the one that takes a partition
+    over, continues the open incidents instead of opening new ones.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dirty: set[str] = set()
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        super().__setitem__(key, value)
+        self.dirty.add(key)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.dirty.add(key)
+
+    def pop(self, key: str, *default):  # type: ignore[override]
+        if key in self:
+            self.dirty.add(key)
+        return super().pop(key, *default)
+
+    def merge(self, key: str, raw: bytes | None) -> None:
+        """Apply an incident read from the topic; the most recently seen wins."""
+        if raw is None:
+            super().pop(key, None)
+            return
+        try:
+            record = orjson.loads(raw)
+            last = float(record["last_seen_s"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("incident_record_unreadable", key=key[:200])
+            return
+        current = self.get(key)
+        if current is None or last >= float(current.get("last_seen_s", 0.0)):
+            super().__setitem__(key, record)
+
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """Index-topic messages for the keys changed since the last call."""
+        out = []
+        for key in self.dirty:
+            record = self.get(key)
+            out.append(((INCIDENT_PREFIX + key).encode(),
+                        None if record is None else orjson.dumps(record)))
+        self.dirty.clear()
+        return out
+
+
 class AlertIndex:
     """Alert ids already emitted, shared by restarts and by every worker of a group.
 
@@ -140,12 +194,16 @@ class AlertIndex:
     close it, at the cost of a producer per partition.
     """
 
-    def __init__(self, settings: Settings, topic: str, max_ids: int) -> None:
+    def __init__(self, settings: Settings, topic: str, max_ids: int,
+                 incidents: IncidentState | None = None) -> None:
         self.settings = settings
         self.topic = topic
         self.max_ids = max_ids
         self.ids: OrderedDict[str, None] = OrderedDict()
         self.arrived: deque[str] = deque()
+        #: Open incidents, also kept on the topic under ``incident/<key>``.
+        self.incidents = incidents if incidents is not None else IncidentState()
+        self.arrived_incidents: deque[tuple[str, bytes | None]] = deque()
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.loaded = 0
@@ -186,8 +244,12 @@ class AlertIndex:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            if msg.key():
-                self.arrived.append(msg.key().decode("utf-8", "replace"))
+            key = msg.key().decode("utf-8", "replace") if msg.key() else ""
+            if key.startswith(INCIDENT_PREFIX):
+                self.arrived_incidents.append((key[len(INCIDENT_PREFIX):],
+                                               msg.value()))
+            elif key:
+                self.arrived.append(key)
                 self.loaded += 1
             if not self.ready.is_set() and msg.offset() >= high - 1:
                 log.info("alert_index_loaded", topic=self.topic, ids=self.loaded)
@@ -198,6 +260,8 @@ class AlertIndex:
         """Whether this alert id was emitted already (by any worker, any run)."""
         while self.arrived:
             self.add(self.arrived.popleft())
+        while self.arrived_incidents:
+            self.incidents.merge(*self.arrived_incidents.popleft())
         return alert_id in self.ids
 
     def add(self, alert_id: str) -> None:
@@ -294,9 +358,10 @@ def create_app(settings: Settings, *, model=None,
                                  topic=settings.alerts_topic)
     else:
         alert_codec = Codec("alert")
-    # XXX(#4): incidents live in memory; after a restart an open incident's next
-    # alert opens a new one (ids stay deterministic, so consumers can merge).
-    suppressor = Suppressor(window_s=settings.suppress_window_s)
+    # Incidents are saved on the alert-index topic, so open ones outlive a
+    # restart and move with partitions (IncidentState, AlertIndex).
+    incidents = IncidentState()
+    suppressor = Suppressor(incidents, window_s=settings.suppress_window_s)
     webhook = None
     if settings.webhook_url:
         from systerns.streams.sinks import WebhookSink
@@ -320,7 +385,8 @@ def create_app(settings: Settings, *, model=None,
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
     index_topic = app.topic(f"{settings.worker_id}-alert-index", key_serializer="raw",
                             value_serializer="raw")
-    index = AlertIndex(settings, f"{settings.worker_id}-alert-index", MAX_SEEN_ALERTS)
+    index = AlertIndex(settings, f"{settings.worker_id}-alert-index", MAX_SEEN_ALERTS,
+                       incidents)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model")
     totals = {"records": 0, "events": 0, "batches": 0, "events_sessionized": 0,
               "records_dead_lettered": 0, "events_dead_lettered": 0,
@@ -437,6 +503,11 @@ def create_app(settings: Settings, *, model=None,
         for p in range(partitions):
             await ticks.send(key=b"tick", value=now, partition=p)
 
+    async def save_incidents() -> None:
+        """Write the incidents changed since the last save to the index topic."""
+        for key, value in incidents.changes():
+            await index_topic.send(key=key, value=value)
+
     async def emit(outcome: Outcome) -> None:
         v = outcome.verdict
         await verdicts.send(key=v["session_id"].encode(), value=verdict_codec.encode(v))
@@ -453,11 +524,13 @@ def create_app(settings: Settings, *, model=None,
                 SUPPRESSED.inc()
                 totals["suppressed"] += 1
                 await index_topic.send(key=a["alert_id"].encode(), value=b"1")
+                await save_incidents()
                 continue
             a["incident_id"] = incident.incident_id
             await alerts.send(key=a["alert_id"].encode(), value=alert_codec.encode(a))
             # After the alert: a crash in between repeats it, never loses it.
             await index_topic.send(key=a["alert_id"].encode(), value=b"1")
+            await save_incidents()
             if webhook is not None:
                 asyncio.ensure_future(webhook.asend(a))
             ALERTS.labels(a["reason"]).inc()
@@ -529,7 +602,9 @@ def create_app(settings: Settings, *, model=None,
 
     @app.timer(interval=10.0)
     async def report_incidents() -> None:
-        for inc in suppressor.updates(time.time()):
+        updated = suppressor.updates(time.time())
+        await save_incidents()
+        for inc in updated:
             log.info("incident_updated", incident_id=inc.incident_id, count=inc.count,
                      reason=inc.reason, process=inc.process_name)
             if webhook is not None:

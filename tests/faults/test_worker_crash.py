@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -62,3 +63,54 @@ def test_killed_worker_resumes_sessions_without_duplicate_alerts(broker, find_ba
     # (not its fresh memory) held the repeated ids back.
     assert account is not None and account["balance"]["balanced"], account
     assert account["worker"]["duplicate_alerts"] >= 1
+
+
+def test_open_incident_outlives_a_killed_worker(broker, find_batches):
+    """A second alert of an open incident is merged into it after a restart.
+
+    Two runs of the same renamed program on one host, a worker SIGKILLed
+    between them: the second run's alert (another session, another alert id)
+    belongs to the incident the first one opened, which only the incidents
+    saved on the alert-index topic can tell the restarted worker.
+    """
+    first, second = (
+        [dataclasses.replace(b, process=dataclasses.replace(b.process,
+                                                            host="incident-node"))
+         for b in bs]
+        for bs in processes(find_batches, 2, host="incident-node",
+                            stretch_s=4).values())
+
+    stack = LocalStack(bootstrap=broker, idle_s=120.0)
+    try:
+        stack.start()
+        settings = Settings.from_env(stack.env())
+        pub = Publisher(settings)
+        for b in first:
+            pub.send(b)
+        pub.close()
+        deadline = time.monotonic() + 60
+        before = alert_ids(broker, stack.topics["alerts"])
+        while not before and time.monotonic() < deadline:
+            before = alert_ids(broker, stack.topics["alerts"])
+        time.sleep(4)  # the incident is written right after the alert
+        stack.kill_process("worker")
+        stack.start_extra_worker("worker2")
+        pub = Publisher(settings)
+        for b in second:
+            pub.send(b)
+        pub.close()
+        pid = second[0].process.pid
+        finals = wait_finals(broker, stack.topics["verdicts"], {pid}, 90)
+        after = alert_ids(broker, stack.topics["alerts"])
+    finally:
+        stack.stop()
+    account = worker_balance(stack.log_dir / f"worker2-{stack.run_id}.log")
+
+    print(f"\nincident_after_crash: alerts_before={len(before)} "
+          f"alerts_after={len(after)} "
+          f"suppressed_by_restarted_worker="
+          f"{account and account['worker']['suppressed']}")
+    assert len(before) == 1, before
+    assert pid in finals, "the second run was never judged"
+    assert after == before, "the restarted worker opened a second incident"
+    assert account is not None and account["worker"]["suppressed"] >= 1, account
