@@ -69,6 +69,10 @@ JUDGE_BATCH = 64
 JUDGE_WAIT_S = 0.05
 MAX_SEEN_ALERTS = 100_000
 MAX_BACKOFF_S = 10.0
+#: Replicas of the worker's internal topics (tables, ticks, alert index).
+REPLICATION_FACTOR = 1
+#: Ticks and done marks are read within seconds; an hour covers any restart.
+TICK_RETENTION_MS = 3_600_000
 #: Key of the tick-topic message saying a closed session's verdict is out.
 DONE_KEY = b"done"
 
@@ -232,7 +236,7 @@ class AlertIndex:
                 "log_level": 0})
             tp = TopicPartition(self.topic, 0, 0)
             consumer.assign([tp])
-            _low, high = consumer.get_watermark_offsets(tp, timeout=30)
+            high = self._high_watermark(consumer, tp)
         except Exception as exc:  # noqa: BLE001 - dedup degrades to memory, logged
             log.error("alert_index_unavailable", topic=self.topic, error=str(exc))
             self.ready.set()
@@ -255,6 +259,19 @@ class AlertIndex:
                 log.info("alert_index_loaded", topic=self.topic, ids=self.loaded)
                 self.ready.set()
         consumer.close()
+
+    @staticmethod
+    def _high_watermark(consumer: Consumer, tp: TopicPartition,
+                        timeout_s: float = 30.0) -> int:
+        """The index's end offset, retried while a new topic's metadata spreads."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return consumer.get_watermark_offsets(tp, timeout=10)[1]
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def seen(self, alert_id: str) -> bool:
         """Whether this alert id was emitted already (by any worker, any run)."""
@@ -285,6 +302,53 @@ def events_partitions(settings: Settings, default: int = 6) -> int:
     return default
 
 
+def ensure_internal_topics(settings: Settings, partitions: int,
+                           timeout_s: float = 60.0) -> None:
+    """Create the worker group's internal topics and wait until they are visible.
+
+    Faust creates them itself at start, but two workers starting together race:
+    the one whose metadata lacks a topic the other just created leaves it out
+    of the group's assignment ("Ignoring missing topic"), and then nobody reads
+    the tick topic or recovers a changelog. Created here, before any worker
+    joins, every member sees the same topics.
+
+    Raises:
+        KafkaException: a topic could not be created.
+        TimeoutError: the topics did not show in the metadata in time.
+    """
+    app_id = settings.worker_id
+    compact = {"cleanup.policy": "compact"}
+    wanted = {
+        f"{app_id}-sessions-changelog": (partitions, compact),
+        f"{app_id}-judging-changelog": (partitions, compact),
+        f"{app_id}-ticks": (partitions, {"retention.ms": str(TICK_RETENTION_MS)}),
+        f"{app_id}-__assignor-__leader": (1, {}),
+        f"{app_id}-alert-index": (1, compact),
+    }
+    admin = AdminClient(settings.kafka_config() | {"log_level": 0})
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=n, replication_factor=REPLICATION_FACTOR,
+                  config=config) for name, (n, config) in wanted.items()])
+    for fut in futures.values():
+        try:
+            fut.result(timeout=30)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=10).topics
+        missing = [name for name, (n, _c) in wanted.items()
+                   if name not in topics or topics[name].error is not None
+                   or len(topics[name].partitions) != n]
+        if not missing:
+            log.info("internal_topics_ready", topics=len(wanted))
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"internal topics not visible: {missing}")
+        time.sleep(0.5)
+
+
 def default_model_client(settings: Settings):
     """The gRPC PredictionService client named by the settings."""
     from systerns.serving.client import ModelClient
@@ -304,6 +368,7 @@ def create_app(settings: Settings, *, model=None,
         session_policy: when sessions are judged.
     """
     partitions = events_partitions(settings)
+    ensure_internal_topics(settings, partitions)
     broker = ";".join(f"kafka://{b}" for b in settings.bootstrap_servers.split(","))
     data_dir = Path(os.environ.get("SYSTERNS_DATA_DIR", "var/faust"))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -314,11 +379,16 @@ def create_app(settings: Settings, *, model=None,
         broker=broker,
         store="memory://",
         topic_partitions=partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=REPLICATION_FACTOR,
         producer_acks=-1,
         web_enabled=False,
         broker_credentials=_credentials(settings),
         table_cleanup_interval=30.0,
+        # No standby copies: a partition that moves is recovered from its
+        # changelog in full. A standby could promote a copy that missed the
+        # last writes of the worker that left (seen once as one lost record in
+        # the rebalance test), and the memory store keeps nothing to speed up.
+        table_standby_replicas=0,
         # Every topic of ours carries bytes (Avro, or orjson for table values);
         # the app-wide default also covers the changelog topics on recovery.
         key_serializer="raw",

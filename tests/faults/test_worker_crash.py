@@ -88,7 +88,7 @@ def test_open_incident_outlives_a_killed_worker(broker, find_batches):
         for b in first:
             pub.send(b)
         pub.close()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 150
         before = alert_ids(broker, stack.topics["alerts"])
         while not before and time.monotonic() < deadline:
             before = alert_ids(broker, stack.topics["alerts"])
