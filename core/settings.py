@@ -88,6 +88,9 @@ class Settings:
     #: and its size cap (records past the cap are dropped and counted).
     spool_path: str = "var/spool/collector.spool"
     spool_max_bytes: int = 256 * 1024 * 1024
+    #: SYSTERNS_INTERNAL_REPLICATION_FACTOR: replicas of the worker's own
+    #: topics (table changelogs, ticks, alert index); 3 on a real cluster.
+    internal_replication_factor: int = 1
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -69,8 +69,6 @@ JUDGE_BATCH = 64
 JUDGE_WAIT_S = 0.05
 MAX_SEEN_ALERTS = 100_000
 MAX_BACKOFF_S = 10.0
-#: Replicas of the worker's internal topics (tables, ticks, alert index).
-REPLICATION_FACTOR = 1
 #: Ticks and done marks are read within seconds; an hour covers any restart.
 TICK_RETENTION_MS = 3_600_000
 #: Key of the tick-topic message saying a closed session's verdict is out.
@@ -216,7 +214,8 @@ class AlertIndex:
         """Create the compacted index topic when it does not exist yet."""
         admin = AdminClient(self.settings.kafka_config() | {"log_level": 0})
         fut = admin.create_topics([NewTopic(
-            self.topic, num_partitions=1, replication_factor=1,
+            self.topic, num_partitions=1,
+            replication_factor=self.settings.internal_replication_factor,
             config={"cleanup.policy": "compact"})])[self.topic]
         try:
             fut.result(timeout=30)
@@ -327,7 +326,8 @@ def ensure_internal_topics(settings: Settings, partitions: int,
     }
     admin = AdminClient(settings.kafka_config() | {"log_level": 0})
     futures = admin.create_topics(
-        [NewTopic(name, num_partitions=n, replication_factor=REPLICATION_FACTOR,
+        [NewTopic(name, num_partitions=n,
+                  replication_factor=settings.internal_replication_factor,
                   config=config) for name, (n, config) in wanted.items()])
     for fut in futures.values():
         try:
@@ -379,7 +379,7 @@ def create_app(settings: Settings, *, model=None,
         broker=broker,
         store="memory://",
         topic_partitions=partitions,
-        topic_replication_factor=REPLICATION_FACTOR,
+        topic_replication_factor=settings.internal_replication_factor,
         producer_acks=-1,
         web_enabled=False,
         broker_credentials=_credentials(settings),
