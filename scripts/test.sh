@@ -6,6 +6,10 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/install.sh || exit 1
+# The checkout's own venv (scripts/install.sh): python3 and systerns below,
+# and every server the tests start with sys.executable, run this tree's code.
+export VIRTUAL_ENV="$ROOT/.venv"
+export PATH="$VIRTUAL_ENV/bin:$PATH"
 
 started=0
 if ! scripts/kafka.sh status; then
