@@ -14,26 +14,30 @@ from tests.faults.conftest import processes, wait_finals, wait_log, worker_balan
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_judgements_wait_behind_the_breaker_and_drain(broker, find_batches,
-                                                      monkeypatch):
+#: A breaker that opens and probes fast enough for a test.
+BREAKER_ENV = {"SYSTERNS_BREAKER_FAILURES": "3", "SYSTERNS_BREAKER_COOLDOWN_S": "2"}
+
+
+def start_outage(stack: LocalStack, procs: dict) -> None:
+    """Start the stack, take its model server away, then publish ``procs``."""
+    stack.start()
+    stack.stop_process("worker")
+    stack.start_extra_worker("worker", stack.env() | BREAKER_ENV)
+    stack.stop_process("model-server")
+    pub = Publisher(Settings.from_env(stack.env()))
+    for bs in procs.values():
+        for b in bs:
+            pub.send(b)
+    pub.close()
+
+
+def test_judgements_wait_behind_the_breaker_and_drain(broker, find_batches):
     procs = processes(find_batches, 4, host="model-down", stretch_s=2, renamed=False)
     total = {pid: sum(len(b) for b in bs) for pid, bs in procs.items()}
-    monkeypatch.setenv("SYSTERNS_BREAKER_FAILURES", "3")
-    monkeypatch.setenv("SYSTERNS_BREAKER_COOLDOWN_S", "2")
 
     stack = LocalStack(bootstrap=broker, idle_s=120.0)
     try:
-        stack.start()
-        env = stack.env() | {"SYSTERNS_BREAKER_FAILURES": "3",
-                             "SYSTERNS_BREAKER_COOLDOWN_S": "2"}
-        stack.stop_process("worker")
-        stack.start_extra_worker("worker", env)
-        stack.stop_process("model-server")
-        pub = Publisher(Settings.from_env(stack.env()))
-        for bs in procs.values():
-            for b in bs:
-                pub.send(b)
-        pub.close()
+        start_outage(stack, procs)
         time.sleep(20)  # the outage: exits are judged, the model is away
         early = wait_finals(broker, stack.topics["verdicts"], set(procs), 5)
         stack.restart_model_server()
@@ -66,24 +70,15 @@ def test_closed_sessions_survive_a_worker_crash_during_the_outage(broker,
     procs = processes(find_batches, 4, host="crash-in-outage", stretch_s=2,
                       renamed=False)
     total = {pid: sum(len(b) for b in bs) for pid, bs in procs.items()}
-    env = {"SYSTERNS_BREAKER_FAILURES": "3", "SYSTERNS_BREAKER_COOLDOWN_S": "2"}
 
     stack = LocalStack(bootstrap=broker, idle_s=120.0)
     try:
-        stack.start()
-        stack.stop_process("worker")
-        stack.start_extra_worker("worker", stack.env() | env)
-        stack.stop_process("model-server")
-        pub = Publisher(Settings.from_env(stack.env()))
-        for bs in procs.values():
-            for b in bs:
-                pub.send(b)
-        pub.close()
+        start_outage(stack, procs)
         first_log = stack.log_dir / f"worker-{stack.run_id}.log"
         assert wait_log(first_log, "model_breaker_open", 90), "no outage seen"
         time.sleep(8)  # past Faust's commit interval: the events are committed
         stack.kill_process("worker")
-        stack.start_extra_worker("worker2", stack.env() | env)
+        stack.start_extra_worker("worker2", stack.env() | BREAKER_ENV)
         second_log = stack.log_dir / f"worker2-{stack.run_id}.log"
         assert wait_log(second_log, "judgement_recovered", 120), "nothing recovered"
         stack.restart_model_server()
