@@ -50,6 +50,7 @@ from benchmarks.common import (
     percentile,
     publishable_runs,
     quiet_logs,
+    require_own_tree,
     sysdig_or_exit,
     top_functions,
     trace_path,
@@ -147,40 +148,36 @@ def measure_captures(report: Report, publisher, exe: str, events: dict[Path, int
                      rounds: int) -> None:
     """Per-capture figures, then all captures together, sysdig as reference.
 
-    A third variant runs the collector with the proposed sysdig filter
-    (``benchmarks.proposals.sysdig_argv``) after checking it yields the same
-    batches. CPU time is kept beside wall time: the collector's own CPU per
-    event against sysdig's says whether, given a free core for each, the
-    collector keeps up with sysdig whatever else the machine runs.
+    A third variant runs the collector as it was before P1, with sysdig
+    printing the enter halves too (``read_capture(filtered=False)``), after
+    checking both give the same batches. CPU time is kept beside wall time: the
+    collector's own CPU per event against sysdig's says whether, given a free
+    core for each, the collector keeps up with sysdig whatever else the
+    machine runs.
     """
-    from benchmarks import proposals
     from systerns.producers.sysdig import ReadStats, read_capture
 
     captures = list(events)
     costs = {v: {c: Cost() for c in captures} for v in ("sysdig", "current",
-                                                         "proposed")}
+                                                         "before")}
     syscalls = dict.fromkeys(captures, 0)
     same = True
     for c in captures:
-        with proposals.applied("collector"):
-            filtered = comparable(read_capture(c, "bench-node"))
-        same = same and filtered == comparable(read_capture(c, "bench-node"))
+        unfiltered = comparable(read_capture(c, "bench-node", filtered=False))
+        same = same and unfiltered == comparable(read_capture(c, "bench-node"))
 
     def run(variant: str, c: Path) -> None:
         if variant == "sysdig":
             run_sysdig(exe, c, costs[variant][c])
             return
         stats = ReadStats()
-        if variant == "proposed":
-            with proposals.applied("collector"):
-                time_publish(publisher, read_capture(c, "bench-node", stats), str(c),
-                             costs[variant][c])
-        else:
-            time_publish(publisher, read_capture(c, "bench-node", stats), str(c),
-                         costs[variant][c])
+        time_publish(publisher, read_capture(c, "bench-node", stats,
+                                             filtered=variant == "current"),
+                     str(c), costs[variant][c])
+        if variant == "current":
             syscalls[c] = stats.syscalls
 
-    order = ["sysdig", "current", "proposed"]
+    order = ["sysdig", "current", "before"]
     for r in range(rounds):
         for c in captures:
             # Rotate the order, so a load spike does not always hit one variant.
@@ -195,13 +192,13 @@ def measure_captures(report: Report, publisher, exe: str, events: dict[Path, int
     for c in captures:
         if events[c] < MIN_FIGURE_EVENTS:
             continue
-        proposed = rate("proposed", c)
+        before = rate("before", c)
         report.add(Figure(
             f"collector.scap.{c.stem}.events_per_s", rate("current", c), "events/s",
             "sysdig -r -j -p (same file)", rate("sysdig", c), GOAL,
             f"{events[c]:,} events ({syscalls[c]:,} syscalls published) x "
-            f"{rounds} rounds, sysdig start-up on both sides; proposed filter: "
-            f"{proposed:,.0f}/s ({proposed / rate('sysdig', c):.2f} of sysdig)"))
+            f"{rounds} rounds, sysdig start-up on both sides; before P1: "
+            f"{before:,.0f}/s ({before / rate('sysdig', c):.2f} of sysdig)"))
     report.add(Figure(
         "collector.scap.all.events_per_s", rate("current"), "events/s",
         "sysdig -r -j -p (same files)", rate("sysdig"), GOAL,
@@ -228,12 +225,13 @@ def measure_captures(report: Report, publisher, exe: str, events: dict[Path, int
             " ms CPU a run). Ratio >= 1: given a free core each, the collector "
             "is not the bottleneck"))
     report.add(Figure(
-        "collector_proposed.scap.all.events_per_s", rate("proposed"), "events/s",
-        "current collector (same run)", rate("current"), "",
-        "sysdig prints exit halves only (proposals.sysdig_argv); same batches: "
-        f"{'yes' if same else 'NO'}; against sysdig -r -j -p: "
-        f"{rate('proposed') / rate('sysdig'):.2f}"))
-    report.extra["collector_proposal_identical"] = same
+        "collector_vs_before.scap.all.events_per_s", rate("current"), "events/s",
+        "collector before P1 (sysdig prints enter halves too, same run)",
+        rate("before"), "",
+        "sysdig prints exit halves only (producers.sysdig.SYSDIG_FILTER); same "
+        f"batches: {'yes' if same else 'NO'}; before P1 against sysdig -r -j -p: "
+        f"{rate('before') / rate('sysdig'):.2f}"))
+    report.extra["collector_before_identical"] = same
     report.input["captures"] = {str(c.relative_to(c.parents[1])): n
                                 for c, n in events.items()}
 
@@ -462,6 +460,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_own_tree()
     quiet_logs()
     rounds = args.rounds or (1 if args.small else 5)
     target = args.replica_events or (30_000 if args.small else 10_000_000)

@@ -28,7 +28,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("SYSTERNS_SHARED_DATA", REPO.parent / "shared" / "data"))
 SCAP_DIR = SHARED / "scap"
-LAB_DIR = REPO / "var" / "lab"
+
+
+def _lab_dir() -> Path:
+    """The lab corpus to replay.
+
+    ``BENCH_LAB_DIR`` when set, else ``var/lab``, else the first ``var/lab*``
+    by name that has a manifest (``systerns lab --out var/lab2``).
+    """
+    if os.environ.get("BENCH_LAB_DIR"):
+        return Path(os.environ["BENCH_LAB_DIR"]).absolute()
+    default = REPO / "var" / "lab"
+    built = sorted(m.parent for m in (REPO / "var").glob("lab*/manifest.json"))
+    return default if (default / "manifest.json").is_file() or not built else built[0]
+
+
+LAB_DIR = _lab_dir()
 MODEL_BASE = REPO / "models"
 MODEL_NAME = "systerns"
 #: Scratch space for generated replicas and logs of the servers we start. (Not a
@@ -117,7 +132,9 @@ class Report:
 
 
 def _finite(x: float) -> float | None:
-    return None if math.isnan(x) or math.isinf(x) else round(x, 4)
+    # Six significant digits: a small ratio keeps its precision (rounding to
+    # decimal places made 0.0123 up to 0.4% off).
+    return None if math.isnan(x) or math.isinf(x) else float(f"{x:.6g}")
 
 
 def format_figure(f: Figure) -> str:
@@ -187,6 +204,37 @@ def code_version() -> dict[str, object]:
     out["git_head"] = head.stdout.strip()
     out["uncommitted"] = sorted(line[3:] for line in status.stdout.splitlines())
     return out
+
+
+def installed_tree() -> Path:
+    """Where a new Python process imports ``systerns`` from, right now.
+
+    Asked of a fresh interpreter, because the servers the benchmarks start are
+    fresh interpreters, and the editable install can change under a run.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; "
+         "print(u.find_spec('systerns.core').origin)"],
+        capture_output=True, text=True, check=False)
+    origin = out.stdout.strip()
+    return Path(origin).resolve().parent.parent if origin else Path("?")
+
+
+def require_own_tree() -> None:
+    """Exit unless new processes import ``systerns`` from this checkout.
+
+    XXX(#7): ``scripts/install.sh`` run from another clone (the fresh-clone CI
+    run) repoints the shared editable install at that clone; servers started
+    then run other code, and fail once the clone is deleted. The benchmarks
+    refuse to measure in that state rather than report such figures.
+    """
+    tree = installed_tree()
+    if tree != REPO:
+        print(f"systerns is installed from {tree}, not from {REPO}: the shared "
+              "editable install was repointed (scripts/install.sh in another "
+              "clone). Rerun when `pip install -e .` points at this checkout.",
+              file=sys.stderr)
+        raise SystemExit(1)
 
 
 def quiet_logs() -> None:

@@ -3,8 +3,10 @@
 ``cli.stack.LocalStack`` starts the model server and the Faust worker on fresh
 topics of the local broker. Lab recordings are replayed with their recorded
 timing: each run starts at its slot, and each batch is published when the
-collector would have cut it (at its last event: 256 events, exec, exit). The
-miner recordings (label ``xmrig``) run among them.
+collector would have cut it: at its last event (256 events, exec, exit), or at
+the collector's next flush of open batches (``producers.ticker``, every
+``FLUSH_EVERY_S``), whichever comes first. The miner recordings (label
+``xmrig``) run among them.
 
 * exit → verdict: from the moment a process's exit event happens in the
   replay to its ``exit`` verdict arriving on the verdicts topic; p50 and p99
@@ -14,10 +16,10 @@ miner recordings (label ``xmrig``) run among them.
   to the first verdict about that image, whatever its trigger. Reference: the
   session policy's ``first_judge_s``, the earliest a running session is due.
 
-``--proposed`` adds a second stack whose collector also flushes open batches
-every second (``FLUSH_S``), the change proposed for ``producers/``.
+``--before`` adds a second stack replayed as the collector published before
+P7: only at a batch's last event, no timed flush.
 
-    python -m benchmarks.e2e [--small] [--proposed] [--stagger-s S]
+    python -m benchmarks.e2e [--small] [--before] [--idle-s S] [--stagger-s S]
 """
 
 from __future__ import annotations
@@ -44,13 +46,12 @@ from benchmarks.common import (
     pick_model,
     publishable,
     quiet_logs,
+    require_own_tree,
     trace_batches,
 )
 
 GOAL_EXIT_P99_MS = 1000.0
 GOAL_MINER_S = 10.0
-#: Proposed collector flush: open batches are published after this long.
-FLUSH_S = 1.0
 #: After the last publish, wait this long beyond the worker's idle gap.
 SETTLE_S = 15.0
 
@@ -212,9 +213,13 @@ def replay(report: Report, bootstrap: str, model_base: Path, runs: list[dict],
             if rep.run["label"] == "xmrig":
                 end = rep.start_s + miner_window_s
                 rep.sends = [s for s in rep.sends if s[0] <= end]
-    queue = [(t, i, b) for i, rep in enumerate(replays) for t, b in rep.sends]
+    # (time, run, order in the run): a flush sends several batches of one run
+    # at the same moment, and batches themselves do not compare.
+    queue = [(t, i, k, b) for i, rep in enumerate(replays)
+             for k, (t, b) in enumerate(rep.sends)]
     heapq.heapify(queue)
 
+    require_own_tree()
     stack = LocalStack(bootstrap=bootstrap, idle_s=idle_s, model_base=model_base,
                        log_dir=SCRATCH / "logs")
     listener = None
@@ -230,7 +235,7 @@ def replay(report: Report, bootstrap: str, model_base: Path, runs: list[dict],
         publisher = Publisher(settings)
         t0 = time.perf_counter()
         while queue:
-            when, _i, batch = heapq.heappop(queue)
+            when, _i, _k, batch = heapq.heappop(queue)
             delay = t0 + when - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
@@ -244,6 +249,7 @@ def replay(report: Report, bootstrap: str, model_base: Path, runs: list[dict],
             listener.join(5)
         stack.stop()
 
+    require_own_tree()
     return score(report, replays, listener.seen if listener else [], t0, lags, label,
                  idle_s, flush_s, rtt_ms)
 
@@ -337,8 +343,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds between two replayed runs' starts")
     p.add_argument("--runs", type=int, help="normal lab runs to replay (default all)")
     p.add_argument("--idle-s", type=float, help="worker idle gap (LocalStack's 4 s)")
-    p.add_argument("--proposed", action="store_true",
-                   help=f"also run with the collector flushing every {FLUSH_S:g} s")
+    p.add_argument("--before", action="store_true",
+                   help="also replay as the collector published before P7 (no flush)")
     p.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     p.add_argument("--model-wait-s", type=float, default=1800.0)
     return p.parse_args(argv)
@@ -346,6 +352,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_own_tree()
     quiet_logs()
     bootstrap = broker_or_exit(args.bootstrap)
     report = Report("e2e", args.small)
@@ -376,11 +383,13 @@ def main(argv: list[str] | None = None) -> int:
     # worker's idle sweep (LocalStack: 4 s) to judge it.
     window = 8.0 if args.small else None
     settle = 5.0 if args.small else SETTLE_S
-    replay(report, bootstrap, model_base, normal, miners, stagger, None, "",
-           idle_s, window, settle, rtt)
-    if args.proposed:
-        replay(report, bootstrap, model_base, normal, miners, stagger, FLUSH_S,
-               "_proposed", idle_s, window, settle, rtt)
+    from systerns.producers.ticker import FLUSH_EVERY_S
+
+    replay(report, bootstrap, model_base, normal, miners, stagger, FLUSH_EVERY_S,
+           "", idle_s, window, settle, rtt)
+    if args.before:
+        replay(report, bootstrap, model_base, normal, miners, stagger, None,
+               "_before", idle_s, window, settle, rtt)
     report.emit()
     return 0
 

@@ -32,6 +32,7 @@ from benchmarks.common import (
     percentile,
     pick_model,
     quiet_logs,
+    require_own_tree,
     trace_batches,
 )
 
@@ -99,6 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_own_tree()
     quiet_logs()
     calls = args.calls or (20 if args.small else 2000)
     report = Report("model", args.small)
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             measure(report, client, local, rows, calls, 5 if args.small else 50)
     finally:
         stack.stop(delete_topics=False)
+    require_own_tree()
     report.emit()
     return 0
 

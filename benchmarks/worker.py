@@ -4,9 +4,10 @@ Figures, each with a reference measured in the same run:
 
 * core, in process: Avro decode → ``record_to_batch`` → ``Sessionizer.ingest``
   → ``vectorize_many`` on every 64 judgements (the worker's model batch),
-  against Avro decoding alone of the same records; the proposed hot-path
-  changes (``benchmarks.proposals``) against the current code, checked to give
-  identical sessions;
+  against Avro decoding alone of the same records, and against the code the
+  hot-path changes replaced (``benchmarks.baseline``), checked to give
+  identical sessions; the proposed columnar schema (``benchmarks.proposals``)
+  against v1 decoding;
 * memory per open session: tracemalloc and RSS growth with N open sessions,
   against the JSON size of the same sessions (what the changelog stores);
 * Kafka: the real ``systerns worker`` (Faust) with ``systerns serve``, started
@@ -55,6 +56,7 @@ from benchmarks.common import (
     publishable,
     quiet_logs,
     replicate,
+    require_own_tree,
     rss_bytes,
     thread_cpu,
     top_functions,
@@ -152,13 +154,16 @@ def encode_stream(batches) -> tuple[list[tuple[bytes, bytes]], int]:
 class CoreRun:
     """The worker's per-record work, without Kafka and without the model."""
 
-    def __init__(self, policy, proposed: bool = False) -> None:
+    def __init__(self, policy, before: bool = False) -> None:
+        from benchmarks import baseline
         from systerns.core.sessions import Sessionizer
+        from systerns.schemas import records as conv
         from systerns.schemas.codec import Codec
 
-        self.proposed = proposed
         self.codec = Codec("event_batch")
-        self.sessions = Sessionizer({}, policy)
+        sessionizer = baseline.sessionizer_class() if before else Sessionizer
+        self.to_batch = baseline.record_to_batch() if before else conv.record_to_batch
+        self.sessions = sessionizer({}, policy)
         self.pending: list = []
         self.judgements = 0
         self.vectors = 0.0
@@ -166,10 +171,9 @@ class CoreRun:
     def feed(self, records: list[tuple[bytes, bytes]]) -> None:
         """Fold records into sessions; vectorize judgements 64 at a time."""
         from systerns.core import features
-        from systerns.schemas import records as conv
 
         decode = self.codec.decode
-        to_batch = conv.record_to_batch
+        to_batch = self.to_batch
         ingest = self.sessions.ingest
         pending = self.pending
         for _key, value in records:
@@ -201,34 +205,25 @@ def decode_only(records: list[tuple[bytes, bytes]]) -> None:
 
 
 def measure_core(report: Report, records: list, n_events: int, chunks: int,
-                 with_proposals: bool) -> CoreRun:
-    """Core rate against decode-only, chunk by chunk so load hits every variant."""
-    from benchmarks import proposals
+                 with_before: bool) -> CoreRun:
+    """Core rate against decode-only and against the baseline, chunk by chunk."""
     from systerns.core.sessions import SessionPolicy
 
     policy = SessionPolicy(idle_s=KAFKA_IDLE_S)
     current = CoreRun(policy)
-    proposed = CoreRun(policy, proposed=True)
-    seconds = {"decode": 0.0, "current": 0.0, "proposed": 0.0}
+    before = CoreRun(policy, before=True)
+    seconds = {"decode": 0.0, "current": 0.0, "before": 0.0}
     size = max(len(records) // chunks, 1)
 
     def run(variant: str, chunk: list) -> None:
-        if variant == "proposed":
-            # Swapping happens outside the timed part (its first use imports
-            # the Faust app module).
-            with proposals.applied("core"):
-                started = time.perf_counter()
-                proposed.feed(chunk)
-                seconds[variant] += time.perf_counter() - started
-            return
         started = time.perf_counter()
         if variant == "decode":
             decode_only(chunk)
         else:
-            current.feed(chunk)
+            (before if variant == "before" else current).feed(chunk)
         seconds[variant] += time.perf_counter() - started
 
-    order = ["decode", "current", "proposed"] if with_proposals else [
+    order = ["decode", "current", "before"] if with_before else [
         "decode", "current"]
     for k, i in enumerate(range(0, len(records), size)):
         chunk = records[i:i + size]
@@ -243,19 +238,18 @@ def measure_core(report: Report, records: list, n_events: int, chunks: int,
         n_events / seconds["decode"], GOAL_RATE,
         f"{n_events:,} events in {len(records):,} records, "
         f"{current.judgements:,} judgements vectorized; no model call"))
-    if with_proposals:
-        with proposals.applied():
-            proposed.finish()
-        same = (proposed.judgements == current.judgements
-                and abs(proposed.vectors - current.vectors) < 1e-3 * max(
+    if with_before:
+        before.finish()
+        same = (before.judgements == current.judgements
+                and abs(before.vectors - current.vectors) < 1e-3 * max(
                     abs(current.vectors), 1.0)
-                and proposed.sessions.store == current.sessions.store)
+                and before.sessions.store == current.sessions.store)
         report.add(Figure(
-            "worker.core_proposed.events_per_s", n_events / seconds["proposed"],
-            "events/s", "current core (same run)", rate, GOAL_RATE,
-            f"benchmarks/proposals.py applied; identical sessions and "
-            f"features: {'yes' if same else 'NO'}"))
-        report.extra["proposals_identical"] = same
+            "worker.core_vs_before.events_per_s", rate, "events/s",
+            "core before P2-P5 (benchmarks.baseline, same run)",
+            n_events / seconds["before"], GOAL_RATE,
+            f"identical sessions and features: {'yes' if same else 'NO'}"))
+        report.extra["before_identical"] = same
     return current
 
 
@@ -464,10 +458,13 @@ def warmup_records() -> list[tuple[bytes, bytes]]:
 
 
 def worker_totals(log: Path) -> dict:
-    """The totals the worker prints on shutdown (``cli/worker.py``)."""
+    """The totals the worker prints on shutdown (``cli/worker.py``), or {}."""
     for line in reversed(log.read_text(errors="replace").splitlines()):
-        if line.startswith('{"worker"'):
-            return json.loads(line)["worker"]
+        if '"worker": {' in line and "{" in line:
+            try:
+                return json.loads(line[line.index("{"):])["worker"]
+            except (ValueError, KeyError):
+                continue
     return {}
 
 
@@ -494,13 +491,14 @@ def run_kafka(bootstrap: str, records: list, n_events: int, expected: int,
     """Produce into a warmed-up worker and time it until every verdict is out.
 
     Args:
-        variant: ``current`` runs ``systerns worker``; ``proposed`` runs it with
-            ``benchmarks.proposals`` swapped in (``benchmarks.worker_process``).
+        variant: ``current`` runs ``systerns worker``; ``before`` runs it with
+            ``benchmarks.baseline`` swapped in (``benchmarks.worker_process``).
         profile_to: profile the worker's event loop during the timed part.
     """
     from systerns.cli.stack import LocalStack
     from systerns.core.settings import Settings
 
+    require_own_tree()
     log_dir = SCRATCH / "logs"
     stack = LocalStack(bootstrap=bootstrap, idle_s=KAFKA_IDLE_S,
                        model_base=model_base, log_dir=log_dir)
@@ -513,7 +511,7 @@ def run_kafka(bootstrap: str, records: list, n_events: int, expected: int,
         if variant == "current" and profile_to is None:
             stack.start_worker()
         else:
-            env = stack.env() | {"BENCH_PROPOSALS": "1" if variant == "proposed"
+            env = stack.env() | {"BENCH_BASELINE": "1" if variant == "before"
                                  else "0"}
             if profile_to is not None:
                 profile_to.unlink(missing_ok=True)
@@ -561,6 +559,8 @@ def run_kafka(bootstrap: str, records: list, n_events: int, expected: int,
         if counter is not None:
             counter.stop.set()
         stack.stop()
+    # The servers must have run this checkout from start to end.
+    require_own_tree()
 
     return KafkaRun(
         variant=variant, events=n_events, seconds=elapsed,
@@ -572,17 +572,28 @@ def run_kafka(bootstrap: str, records: list, n_events: int, expected: int,
 
 
 def measure_kafka(report: Report, bootstrap: str, records: list, n_events: int,
-                  model: tuple[Path, str], rounds: int, with_proposals: bool,
-                  traced_per_session: float) -> None:
-    """Current (and proposed) worker through Kafka, alternating, plus reference."""
+                  model: tuple[Path, str], rounds: int, with_before: bool,
+                  traced_per_session: float, big_records: list | None = None,
+                  big_events: int = 0) -> None:
+    """Current (and baseline) worker through Kafka, alternating, plus reference.
+
+    With ``big_records`` (the same events cut into larger records, see
+    ``rebatch``) the current worker also runs on those, in the same rotation.
+    """
     model_base, model_label = model
     expected, open_sessions = predicted_verdicts(records)
     reference = reference_rate(bootstrap, records, n_events)
-    variants = ["current", "proposed"] if with_proposals else ["current"]
+    inputs = {"current": (records, expected), "before": (records, expected)}
+    variants = ["current", "before"] if with_before else ["current"]
+    if big_records:
+        inputs["big"] = (big_records, predicted_verdicts(big_records)[0])
+        variants.append("big")
     runs: dict[str, list[KafkaRun]] = {v: [] for v in variants}
     for r in range(rounds):
-        for v in variants[r % 2:] + variants[: r % 2]:
-            run = run_kafka(bootstrap, records, n_events, expected, model_base, v)
+        for v in variants[r % len(variants):] + variants[: r % len(variants)]:
+            recs, exp = inputs[v]
+            run = run_kafka(bootstrap, recs, n_events, exp, model_base,
+                            "current" if v == "big" else v)
             runs[v].append(run)
             print(f"  kafka run {v}: {run.events / run.seconds:,.0f} events/s, "
                   f"{run.verdicts}/{run.expected} verdicts", file=sys.stderr)
@@ -595,7 +606,8 @@ def measure_kafka(report: Report, bootstrap: str, records: list, n_events: int,
 
     def describe(v: str) -> str:
         done = all(x.verdicts >= x.expected for x in runs[v])
-        return (f"{n_events:,} events x {rounds} runs, {expected:,} verdicts each "
+        return (f"{n_events:,} events in {len(inputs[v][0]):,} records x {rounds} "
+                f"runs, {inputs[v][1]:,} verdicts each "
                 f"({'all out' if done else 'INCOMPLETE'}), wall "
                 f"{', '.join(f'{x.seconds:.1f}' for x in runs[v])} s; model "
                 f"{model_label}; worker counted {runs[v][-1].worker_events} events")
@@ -618,15 +630,59 @@ def measure_kafka(report: Report, bootstrap: str, records: list, n_events: int,
         f"{open_sessions:,} sessions open at the end; RSS {last.rss_ready / 1e6:.0f} "
         f"MB when ready, {last.rss_end / 1e6:.0f} MB at the end (upper bound: "
         "includes consumer and producer buffers)"))
-    if with_proposals:
+    if with_before:
         report.add(Figure(
-            "worker_proposed.kafka.events_per_s", rate("proposed"), "events/s",
-            "current worker (same run)", rate("current"), GOAL_RATE,
-            describe("proposed")))
+            "worker_vs_before.kafka.events_per_s", rate("current"), "events/s",
+            "worker before P2-P5, P8 (benchmarks.baseline, same run)",
+            rate("before"), GOAL_RATE, "before: " + describe("before")))
         report.add(Figure(
-            "worker_proposed.kafka.events_per_cpu_s", cpu_rate("proposed"),
-            "events/cpu-s", "current worker (same run)", cpu_rate("current"),
-            GOAL_RATE, "benchmarks.proposals core and worker parts"))
+            "worker_vs_before.kafka.events_per_cpu_s", cpu_rate("current"),
+            "events/cpu-s", "worker before P2-P5, P8 (same run)",
+            cpu_rate("before"), GOAL_RATE,
+            f"before: worker CPU {sum(x.cpu_s for x in runs['before']):.1f} s"))
+    if big_records:
+        report.add(Figure(
+            f"worker_records{big_events}.kafka.events_per_cpu_s", cpu_rate("big"),
+            "events/cpu-s", "current worker, current records", cpu_rate("current"),
+            GOAL_RATE, f"current code; records of up to {big_events} events; "
+                       + describe("big")))
+        report.add(Figure(
+            f"worker_records{big_events}.kafka.events_per_s", rate("big"),
+            "events/s", "current worker, current records", rate("current"),
+            GOAL_RATE, "same runs, per wall second"))
+
+
+def rebatch(batches, max_events: int) -> Iterator:
+    """The same events in records of up to ``max_events``, cut as the collector cuts.
+
+    Consecutive batches of one process image are merged; a merged record is
+    still cut at the process's exit and before a successful ``execve``, and
+    leaves when it is cut, as a collector with a larger batch limit would send
+    it. Per-process order is unchanged.
+    """
+    from systerns.core.events import EXEC_TYPES, EXIT_TYPES, EventBatch
+
+    open_: dict[str, tuple] = {}
+    for b in batches:
+        key = b.process.key
+        cur = open_.get(key)
+        starts_exec = b.events[0].name in EXEC_TYPES and b.events[0].res >= 0
+        if cur is not None and (starts_exec or cur[0].comm != b.process.comm
+                                or cur[0].exe != b.process.exe
+                                or len(cur[1]) + len(b) > max_events):
+            yield EventBatch(cur[0], tuple(cur[1]), cur[2])
+            cur = None
+        if cur is None:
+            cur = (b.process, [], b.source)
+        cur = (b.process, cur[1] + list(b.events), b.source)
+        last = b.events[-1]
+        if last.name in EXIT_TYPES and last.tid == b.process.pid:
+            yield EventBatch(cur[0], tuple(cur[1]), cur[2])
+            open_.pop(key, None)
+        else:
+            open_[key] = cur
+    for info, events, source in open_.values():
+        yield EventBatch(info, tuple(events), source)
 
 
 def profile_kafka(report: Report, bootstrap: str, records: list,
@@ -659,7 +715,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kafka-rounds", type=int,
                    help="worker runs per variant, alternating (default 2)")
     p.add_argument("--no-kafka", action="store_true", help="core and memory only")
-    p.add_argument("--no-proposals", action="store_true")
+    p.add_argument("--record-events", type=int, default=0,
+                   help="also run the worker on the same events in records of up "
+                        "to N events (e.g. 1024)")
+    p.add_argument("--no-before", action="store_true",
+                   help="skip the baseline (code before P1-P8) figures")
+    p.add_argument("--no-proposals", action="store_true",
+                   help="skip the columnar schema (P6) figure")
     p.add_argument("--profile", action="store_true",
                    help="cProfile the core, and the Faust worker on a separate run")
     p.add_argument("--model-wait-s", type=float, default=1800.0,
@@ -669,6 +731,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    require_own_tree()
     quiet_logs()
     small = args.small
     target = args.events or (60_000 if small else 10_000_000)
@@ -687,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
 
     current = measure_core(report, records, n_events,
                            args.chunks or (2 if small else 10),
-                           not args.no_proposals)
+                           not args.no_before)
     if not args.no_proposals:
         measure_columnar(report, records[: 300 if small else 3000])
     traced = measure_memory(report, base, args.sessions or (500 if small else 20_000))
@@ -706,15 +769,21 @@ def main(argv: list[str] | None = None) -> int:
             kafka_records, kafka_n = encode_stream(
                 replicated(base, kafka_target, args.group))
         report.input["kafka_events"] = kafka_n
+        big = None
+        if args.record_events:
+            big, _ = encode_stream(rebatch(replicated(base, kafka_target, args.group),
+                                           args.record_events))
+            report.input["big_records"] = len(big)
         # Each variant starts a model server and a worker: small runs keep one.
         measure_kafka(report, bootstrap, kafka_records, kafka_n, model,
                       args.kafka_rounds or (1 if small else 2),
-                      not (args.no_proposals or small), traced)
+                      not (args.no_before or small), traced, big,
+                      args.record_events or 0)
         if args.profile:
             part = kafka_records[: max(len(kafka_records) // 4, 1)]
             profile_kafka(report, bootstrap, part, model, "current")
-            if not args.no_proposals:
-                profile_kafka(report, bootstrap, part, model, "proposed")
+            if not args.no_before:
+                profile_kafka(report, bootstrap, part, model, "before")
     report.emit()
     return 0
 

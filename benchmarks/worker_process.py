@@ -1,4 +1,4 @@
-"""``systerns worker`` for benchmark runs: optionally profiled, or with proposals.
+"""``systerns worker`` for benchmark runs: optionally profiled, or as before P2-P8.
 
 ``BENCH_PROFILE_OUT=FILE``: the first SIGRTMIN starts cProfile on the worker's
 main thread (the Faust event loop: consumer, agents, table, producer), the
@@ -6,10 +6,10 @@ second stops it and writes the stats to FILE, so start-up and shutdown stay
 out. The model calls run in executor threads and are not profiled here
 (``benchmarks.model`` measures them).
 
-``BENCH_PROPOSALS=1``: the changes of ``benchmarks.proposals`` are swapped in
-(core and worker parts) before the worker starts.
+``BENCH_BASELINE=1``: the code the hot-path changes replaced
+(``benchmarks.baseline``) is swapped in before the worker starts.
 
-    BENCH_PROPOSALS=1 python -m benchmarks.worker_process [worker options]
+    BENCH_BASELINE=1 python -m benchmarks.worker_process [worker options]
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ def install_profiler(out: str) -> None:
 def main(argv: list[str]) -> int:
     if os.environ.get("BENCH_PROFILE_OUT"):
         install_profiler(os.environ["BENCH_PROFILE_OUT"])
-    if os.environ.get("BENCH_PROPOSALS") == "1":
-        from benchmarks import proposals
+    if os.environ.get("BENCH_BASELINE") == "1":
+        from benchmarks import baseline
 
-        proposals.apply_for_good("core")
-        proposals.apply_for_good("worker")
+        baseline.apply_for_good("worker")
 
     from systerns.cli.worker import main as worker_main
     from systerns.core.logs import configure

@@ -7,6 +7,7 @@ import atexit
 import json
 import sys
 import time
+from typing import Any
 
 import structlog
 
@@ -43,6 +44,20 @@ def wait_for_broker(settings: Settings, timeout_s: float) -> None:
             delay_s = min(delay_s * 2, 10.0)
 
 
+def build_worker(app: Any, loglevel: str) -> Any:
+    """A Faust ``Worker`` for ``app`` with no progress spinner.
+
+    With a spinner, Faust sets the root logger to DEBUG when it sets up logging
+    and formats every aiokafka debug call into a record (3.8% of the event
+    loop's time in the profiled benchmark); a worker has no terminal to spin.
+    """
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=loglevel, quiet=True)
+    worker.spinner = None
+    return worker
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="systerns worker", description=__doc__)
     p.add_argument("--bootstrap-servers")
@@ -60,8 +75,6 @@ def main(argv: list[str]) -> int:
 
     wait_for_broker(settings, args.broker_wait_s)
 
-    from faust.worker import Worker
-
     from systerns.streams.app import balance, create_app
 
     app = create_app(settings, session_policy=SessionPolicy(
@@ -76,6 +89,5 @@ def main(argv: list[str]) -> int:
 
     atexit.register(print_totals)
 
-    worker = Worker(app, loglevel=args.loglevel, quiet=True)
-    worker.execute_from_commandline()
+    build_worker(app, args.loglevel).execute_from_commandline()
     return 0

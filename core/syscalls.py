@@ -175,8 +175,28 @@ PATH_CLASS_INDEX: dict[str, int] = {c: i for i, c in enumerate(PATH_CLASS_NAMES)
 _INET_RE = re.compile(r"^[0-9a-fA-F.:\[\]]+:\d+(->|$)")
 
 
+#: Bound of the ``classify_path`` memo; hostile paths cannot grow it further.
+PATH_MEMO_MAX = 65_536
+_PATH_MEMO: dict[str, str] = {}
+
+
 def classify_path(arg: str) -> str:
-    """Name the class of a path or socket address, never the path itself."""
+    """Name the class of a path or socket address, never the path itself.
+
+    Memoised per exact argument: most paths a process touches (libraries,
+    ``/proc``, ``/etc``) come back again and again, and the prefix scan walks up
+    to 52 prefixes. The memo is emptied when it reaches ``PATH_MEMO_MAX``.
+    """
+    cls = _PATH_MEMO.get(arg)
+    if cls is None:
+        cls = _classify_path(arg)
+        if len(_PATH_MEMO) >= PATH_MEMO_MAX:
+            _PATH_MEMO.clear()
+        _PATH_MEMO[arg] = cls
+    return cls
+
+
+def _classify_path(arg: str) -> str:
     if not arg:
         return "none"
     if arg.startswith("/"):

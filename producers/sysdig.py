@@ -29,6 +29,7 @@ from systerns.core.errors import (
 )
 from systerns.core.events import EventBatch, ProcessInfo, Syscall
 from systerns.core.syscalls import NON_SYSCALL_EVENTS, PATH_SYSCALLS, canonical
+from systerns.producers.ticker import FLUSH_EVERY_S, TICK, Tick, ticking
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +45,10 @@ FIELDS = (
 OUTPUT_FORMAT = "*" + " ".join(f"%{f}" for f in FIELDS)
 #: Events that only have an enter ('>') direction.
 ENTER_ONLY = frozenset({"procexit"})
+#: sysdig filter keeping the events ``parse_line`` can keep: exit halves and the
+#: enter-only events. sysdig then never formats the enter halves as JSON (most of
+#: its own time) and the reader never parses them; the batches are the same.
+SYSDIG_FILTER = "evt.dir=< or evt.type in ({})".format(", ".join(sorted(ENTER_ONLY)))
 MAX_STR = 4096
 MAX_LINE_BYTES = 1 << 20
 BATCH_MAX_EVENTS = 256
@@ -67,8 +72,21 @@ class ReadStats:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
-def sysdig_argv(scap: Path | None, *, live: bool = False) -> list[str]:
-    """The sysdig command line for a capture file or a live capture."""
+def sysdig_argv(
+    scap: Path | None, *, live: bool = False, filtered: bool = True
+) -> list[str]:
+    """The sysdig command line for a capture file or a live capture.
+
+    Args:
+        scap: the capture file; None for a live capture.
+        live: capture live (``scap`` must then be None).
+        filtered: append ``SYSDIG_FILTER`` so sysdig leaves out the enter halves
+            the reader would drop anyway.
+
+    Raises:
+        SourceError: sysdig is not installed.
+        ValueError: neither a capture nor ``live``.
+    """
     exe = shutil.which("sysdig")
     if exe is None:
         raise SourceError("sysdig is not installed (Debian package 'sysdig')")
@@ -77,6 +95,8 @@ def sysdig_argv(scap: Path | None, *, live: bool = False) -> list[str]:
         argv[1:1] = ["-r", str(scap)]
     elif not live:
         raise ValueError("a capture file or live=True is needed")
+    if filtered:
+        argv.append(SYSDIG_FILTER)
     return argv
 
 
@@ -215,11 +235,22 @@ class Batcher:
 
 
 def read_lines(
-    lines: Iterable[bytes | str], host: str, stats: ReadStats, source: str = "sysdig"
+    lines: Iterable[bytes | str | Tick],
+    host: str,
+    stats: ReadStats,
+    source: str = "sysdig",
 ) -> Iterator[EventBatch | InputError]:
-    """Batches and input errors from sysdig JSON lines, in order."""
+    """Batches and input errors from sysdig JSON lines, in order.
+
+    A ``TICK`` among the lines (``producers.ticker``) publishes every open batch.
+    """
     batcher = Batcher(source)
     for line in lines:
+        if line is TICK:
+            for b in batcher.drain():
+                stats.batches += 1
+                yield b
+            continue
         stats.lines += 1
         if not line.strip():
             continue
@@ -244,9 +275,11 @@ def read_lines(
 
 
 def read_capture(
-    scap: Path, host: str, stats: ReadStats | None = None
+    scap: Path, host: str, stats: ReadStats | None = None, *, filtered: bool = True
 ) -> Iterator[EventBatch | InputError]:
     """Run ``sysdig -r`` on a capture and yield its batches.
+
+    ``filtered`` as in ``sysdig_argv``: the batches are the same either way.
 
     Raises:
         SourceError: sysdig failed (a truncated or unreadable capture); batches
@@ -255,7 +288,7 @@ def read_capture(
     stats = stats if stats is not None else ReadStats()
     if not scap.is_file():
         raise SourceError(f"capture not found: {scap}")
-    argv = sysdig_argv(scap)
+    argv = sysdig_argv(scap, filtered=filtered)
     log.info("capture_open", path=str(scap))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
@@ -274,9 +307,16 @@ def read_capture(
 
 
 def read_live(
-    host: str, stats: ReadStats, stopping=None
+    host: str,
+    stats: ReadStats,
+    stopping=None,
+    *,
+    flush_every_s: float = FLUSH_EVERY_S,
 ) -> Iterator[EventBatch | InputError]:
     """Run ``sysdig -j`` live and yield batches until stopped.
+
+    Open batches are published at least every ``flush_every_s`` seconds, so a
+    quiet process reaches the worker while it runs.
 
     Raises:
         DriverMissingError: no kernel driver (checked before sysdig starts).
@@ -288,8 +328,8 @@ def read_live(
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None
 
-    def lines() -> Iterator[bytes]:
-        for line in proc.stdout:
+    def lines() -> Iterator[bytes | Tick]:
+        for line in ticking(proc.stdout, flush_every_s):
             yield line
             if stopping is not None and stopping.is_set():
                 break

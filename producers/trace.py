@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ import structlog
 from systerns.core.errors import InputError, ParseError, SourceError
 from systerns.core.events import EventBatch, ProcessInfo, Syscall
 from systerns.core.syscalls import PATH_SYSCALLS, canonical
+from systerns.producers.ticker import FLUSH_EVERY_S, TICK, Tick, follow_lines
 
 log = structlog.get_logger(__name__)
 
@@ -211,7 +213,7 @@ def _ts_ns(sec: str, frac: str) -> int:
 
 
 def parse_trace(
-    lines: Iterable[str],
+    lines: Iterable[str | Tick],
     *,
     host: str,
     container_id: str = "host",
@@ -231,10 +233,12 @@ def parse_trace(
     lines are skipped.
 
     A batch is cut when its process replaces its image (a successful ``execve``,
-    which opens the new batch), at ``BATCH_MAX_EVENTS``, at exit and at the end.
+    which opens the new batch), at ``BATCH_MAX_EVENTS``, at exit, at the end,
+    and at each ``TICK`` among the lines (``producers.ticker``), which cuts
+    every open batch.
 
     Args:
-        lines: trace lines, with or without their newline.
+        lines: trace lines, with or without their newline, and ticks.
         host: host name put in every ``ProcessInfo``.
         container_id: container of the traced command.
         source_label: ``EventBatch.source``.
@@ -403,8 +407,14 @@ def parse_trace(
         return True
 
     for line in lines:
+        if line is TICK:
+            for p in procs.values():
+                flush(p)
+            yield from out
+            out.clear()
+            continue
         st.lines += 1
-        s = line.rstrip("\r\n")
+        s = line.rstrip("\r\n")  # type: ignore[union-attr]
         try:
             if len(s) > MAX_LINE_CHARS:
                 raise ParseError("oversized", f"{len(s)} chars", s[:MAX_RAW])
@@ -627,11 +637,15 @@ def trace_command(
     cwd: Path | str | None = None,
     stats: TraceStats | None = None,
     on_error: Callable[[InputError], None] | None = None,
+    flush_every_s: float | None = FLUSH_EVERY_S,
 ) -> Iterator[EventBatch]:
-    """Record a command under strace, then yield its event batches.
+    """Record a command under strace and yield its event batches as it runs.
 
-    The trace stays in ``out_dir`` as ``trace-<time>-<pid>.strace``. Lines that
-    cannot be parsed go to ``on_error`` (the collector dead-letters them) or are
+    strace writes the trace to ``out_dir`` as ``trace-<time>-<pid>.strace``
+    (the file stays); the lines are parsed while strace writes them, and open
+    batches are cut every ``flush_every_s`` seconds, so a long-running command
+    (a miner) is published while it runs, not when it ends. Lines that cannot
+    be parsed go to ``on_error`` (the collector dead-letters them) or are
     logged as ``trace_line_unparsed`` when it is None.
 
     Args:
@@ -642,33 +656,52 @@ def trace_command(
         timeout_s, netns, argv0, env, cwd: as in ``record``.
         stats: filled with the parse counters and ``exit_code``.
         on_error: receives each unreadable line as an ``InputError``.
+        flush_every_s: seconds between cuts of the open batches while the
+            command runs; None cuts only where ``parse_trace_file`` would.
 
     Yields:
         Event batches, in trace order per process.
 
     Raises:
-        SourceError: as ``record``.
+        SourceError: as ``record``, once the batches read before it are out.
     """
     st = stats if stats is not None else TraceStats()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"trace-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.strace"
-    st.exit_code = record(
-        argv, path, timeout_s=timeout_s, netns=netns, argv0=argv0, env=env, cwd=cwd
-    )
+    if path.exists():
+        path.unlink()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            st.exit_code = record(argv, path, timeout_s=timeout_s, netns=netns,
+                                  argv0=argv0, env=env, cwd=cwd)
+        except BaseException as exc:  # noqa: BLE001 - raised by the reader below
+            failure.append(exc)
+
+    # The recording runs in a thread; this generator follows the trace file.
+    recorder = threading.Thread(target=run, name="systerns-trace-record")
+    recorder.start()
     root_cwd = str(Path(cwd).absolute()) if cwd is not None else os.getcwd()
-    for item in parse_trace_file(
-        path, host=host, container_id=container_id, cwd=root_cwd, stats=st
-    ):
-        if isinstance(item, InputError):
-            if on_error is not None:
-                on_error(item)
-            else:
-                log.warning(
-                    "trace_line_unparsed", reason=item.reason, raw=str(item.raw)[:200]
-                )
-            continue
-        yield item
+    lines = follow_lines(path, lambda: not recorder.is_alive(),
+                         every_s=flush_every_s)
+    try:
+        for item in parse_trace(lines, host=host, container_id=container_id,
+                                cwd=root_cwd, stats=st):
+            if isinstance(item, InputError):
+                if on_error is not None:
+                    on_error(item)
+                else:
+                    log.warning("trace_line_unparsed", reason=item.reason,
+                                raw=str(item.raw)[:200])
+                continue
+            yield item
+    finally:
+        # A reader that stops early still waits for the command, as before.
+        recorder.join()
+    if failure:
+        raise failure[0]
     log.info(
         "trace_command_done",
         path=str(path),

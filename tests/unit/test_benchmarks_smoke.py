@@ -17,14 +17,15 @@ import pytest
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-LAB = REPO / "var" / "lab" / "manifest.json"
 
 
 @pytest.fixture(scope="module")
 def lab_corpus() -> None:
     """The benchmarks replay the lab recordings; skip where none were recorded."""
-    if not LAB.is_file():
-        pytest.skip(f"no lab corpus at {LAB.parent} (record it with `systerns lab`)")
+    from benchmarks.common import LAB_DIR
+
+    if not (LAB_DIR / "manifest.json").is_file():
+        pytest.skip(f"no lab corpus at {LAB_DIR} (record it with `systerns lab`)")
 
 
 def run_small(module: str, *args: str) -> tuple[dict, str]:
@@ -66,7 +67,7 @@ def test_collector_small(broker, sysdig, scap_dir, lab_corpus):
     result, out = run_small("collector", "--bootstrap", broker)
     check_figures(result, out, "collector", {
         "collector.scap.all.events_per_s", "collector.scap.large.events_per_cpu_s",
-        "collector_proposed.scap.all.events_per_s", "collector.strace.lines_per_s",
+        "collector_vs_before.scap.all.events_per_s", "collector.strace.lines_per_s",
         "collector.replicas.events_per_s"})
     assert result["input"]["replicas"]["events"] > 0
 
@@ -75,10 +76,10 @@ def test_collector_small(broker, sysdig, scap_dir, lab_corpus):
 def test_worker_small(broker, sysdig, scap_dir, lab_corpus):
     result, out = run_small("worker", "--bootstrap", broker)
     check_figures(result, out, "worker", {
-        "worker.core.events_per_s", "worker.core_proposed.events_per_s",
+        "worker.core.events_per_s", "worker.core_vs_before.events_per_s",
         "worker.memory.bytes_per_open_session", "worker.kafka.events_per_s",
         "worker.kafka.events_per_cpu_s", "worker.kafka.rss_per_open_session"})
-    assert result["proposals_identical"] is True
+    assert result["before_identical"] is True
 
 
 def test_model_small(sysdig, scap_dir, lab_corpus):

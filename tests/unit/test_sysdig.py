@@ -65,7 +65,8 @@ def test_real_capture_reads_into_batches(sysdig, scap_dir):
     batches = list(read_capture(scap_dir / "falco" / "psp_run_as_user_0_container.scap",
                                 "h", stats))
     assert stats.bad == 0
-    assert stats.lines == 3796
+    # sysdig prints 3,796 lines; its filter leaves out the 2,452 enter halves.
+    assert stats.lines == 1344
     assert sum(len(b) for b in batches) == stats.syscalls > 1000
     comms = {b.process.comm for b in batches}
     assert {"bash", "ls", "sshd"} <= comms
