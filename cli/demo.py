@@ -181,6 +181,12 @@ def main(argv: list[str]) -> int:
     finally:
         stop.set()
         stack.stop(delete_topics=not args.keep_topics)
+    from systerns.serving.export import list_versions
+
+    # The server answers with its newest version; the alerts say which one.
+    summary["model_newest_version"] = max(
+        list_versions(stack.model_base, stack.model_name), default=0)
+    summary["model_versions_in_alerts"] = sorted({a["model_version"] for a in alerts})
     summary["alerts_by_reason"] = {}
     for a in alerts:
         key = f"{a['reason']}:{a['process_name']}"

@@ -1,8 +1,10 @@
 """``systerns lab``: record the corpus of real programs (strace) for training.
 
-Records common commands with varied arguments, renamed copies of some, and
-the real XMRig miner in benchmark mode inside its own network namespace, then
-writes ``manifest.json`` (runs, labels, hashes, tool versions, split by run).
+Records common commands with varied arguments, renamed copies of some,
+CPU-heavy benign hard negatives, the real XMRig miner in benchmark mode and the
+lab's own C miner against a fake pool (each inside its own network namespace),
+and the held-out Kinsing-like family, then writes ``manifest.json`` (runs,
+labels, hashes, tool versions, split by run).
 """
 
 from __future__ import annotations
@@ -13,11 +15,24 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    from systerns.lab.recorder import build_corpus, default_corpus_dir
+    from systerns.lab.recorder import (
+        CMINER_RUNS,
+        HARD_RUNS_PER_VARIANT,
+        MINER_RUNS,
+        RUNS_PER_COMMAND,
+        build_corpus,
+        default_corpus_dir,
+    )
 
     p = argparse.ArgumentParser(prog="systerns lab", description=__doc__)
     p.add_argument("--out", type=Path, default=default_corpus_dir())
-    p.add_argument("--runs-per-command", type=int, default=10)
+    p.add_argument("--runs-per-command", type=int, default=RUNS_PER_COMMAND)
+    p.add_argument("--hard-runs", type=int, default=HARD_RUNS_PER_VARIANT,
+                   help="runs of each hard-negative variant (0: none)")
+    p.add_argument("--miner-runs", type=int, default=MINER_RUNS,
+                   help="runs of the real XMRig (benchmark mode)")
+    p.add_argument("--cminer-runs", type=int, default=CMINER_RUNS,
+                   help="runs of the lab's own C miner")
     p.add_argument("--no-miner", action="store_true")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=2)
@@ -28,6 +43,9 @@ def main(argv: list[str]) -> int:
 
     manifest = build_corpus(args.out, runs_per_command=args.runs_per_command,
                             include_miner=not args.no_miner, seed=args.seed,
-                            workers=args.workers, progress=progress)
+                            workers=args.workers, progress=progress,
+                            hard_runs_per_variant=args.hard_runs,
+                            miner_runs=args.miner_runs,
+                            cminer_runs=args.cminer_runs)
     print(manifest)
     return 0

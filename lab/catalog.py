@@ -41,10 +41,16 @@ _PLACEHOLDER_RE = re.compile(r"@\[([a-z_]+)(?::([^\]]*))?\]")
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """One way of calling a program: a name for the manifest and its builder."""
+    """One way of calling a program: a name for the manifest and its builder.
+
+    Attributes:
+        load: ``http`` when the run is a server the recorder sends requests to
+            while it runs (the last argument is its port); "" otherwise.
+    """
 
     name: str
     build: Builder
+    load: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,8 @@ class RunSpec:
     netns: bool = False
     timeout_s: float = RUN_TIMEOUT_S
     lang: bool = True
+    hard_negative: bool = False
+    load: str = ""
 
     @property
     def renamed(self) -> bool:
@@ -122,6 +130,8 @@ def _fill(
         return f"http://127.0.0.1:{sb.port}/{opt or rng.choice(sb.served)}"
     if key == "base_url":
         return f"http://127.0.0.1:{sb.port}"
+    if key == "csrc":
+        return str(rng.choice(sb.c_sources))
     fixed = {
         "tree": sb.tree,
         "tree_copy": sb.tree_copy,
@@ -135,6 +145,8 @@ def _fill(
         "diff_a": sb.text_pair[0] if sb.text_pair else None,
         "diff_b": sb.text_pair[1] if sb.text_pair else None,
         "bigtext": sb.texts[-1] if sb.texts else None,
+        "huge_blob": sb.huge_blob,
+        "huge_text": sb.huge_text,
     }
     value = fixed.get(key)
     if value is None:
@@ -506,8 +518,92 @@ CATALOG: tuple[Command, ...] = (
         _t("file_tar", "@[tar]"),
     ),
 )
+
+def _http_server(sb: Sandbox, rng: random.Random, work: Path) -> Args:
+    from systerns.lab.server import free_port
+
+    return ["-m", "http.server", "--bind", "127.0.0.1", "--directory",
+            str(sb.www), str(free_port())], None
+
+
+#: Hard negatives: benign programs that burn CPU for seconds with few syscalls
+#: or serve requests for a while, the shapes a miner detector must not confuse
+#: with mining. Labels are the programs' own; ``gcc`` appears only here.
+HARD_CATALOG: tuple[Command, ...] = (
+    _cmd(
+        "gzip",
+        _t("gzip_huge_text", "-9", "-c", "@[huge_text]"),
+        _t("gzip_huge_blob", "-@[int:4-9]", "-c", "@[huge_blob]"),
+    ),
+    _cmd("bzip2", _t("bzip2_huge_text", "-9", "-c", "@[huge_text]")),
+    _cmd(
+        "xz",
+        _t("xz_big_text", "-@[int:4-6]", "-c", "@[bigtext]"),
+        _t("xz_huge_threads", "-T2", "-3", "-c", "@[huge_text]"),
+    ),
+    _cmd("zstd", _t("zstd_big_19", "-@[int:15-19]", "-q", "-c", "@[bigtext]")),
+    *(
+        _cmd(tool, _t(f"{tool}_huge", "@[huge_blob]"))
+        for tool in ("sha256sum", "md5sum", "sha1sum", "sha512sum", "b2sum", "cksum")
+    ),
+    _cmd(
+        "python3",
+        _t("py_cpu_loop", "@[script:cpu_loop.py]", "@[int:2000000-6000000]"),
+        _t("py_pbkdf2", "@[script:pbkdf2.py]", "@[int:1000000-4000000]"),
+        _t("py_zlib9", "@[script:zlib9.py]", "@[huge_text]"),
+        Variant("py_http_server", _http_server, load="http"),
+    ),
+    _cmd(
+        "openssl",
+        _t(
+            "openssl_speed",
+            "speed",
+            "-seconds",
+            "@[int:1-3]",
+            "-bytes",
+            "@[choice:1024|16384]",
+            "@[choice:sha256|sha512|md5]",
+        ),
+        _t(
+            "openssl_speed_evp",
+            "speed",
+            "-seconds",
+            "@[int:1-3]",
+            "-bytes",
+            "16384",
+            "-evp",
+            "@[choice:aes-128-gcm|chacha20-poly1305|sha256]",
+        ),
+        _t(
+            "openssl_speed_multi",
+            "speed",
+            "-multi",
+            "2",
+            "-seconds",
+            "2",
+            "-bytes",
+            "16384",
+            "sha256",
+        ),
+    ),
+    _cmd(
+        "gcc",
+        _t("gcc_compile", "-O2", "-c", "@[csrc]", "-o", "@[work]/x.o"),
+        _t("gcc_build", "-O@[int:0-2]", "@[csrc]", "-o", "@[work]/x"),
+    ),
+    _cmd(
+        "sort",
+        _t("sort_huge", "--parallel=2", "-S", "16M", "-o", "@[work]/s.txt",
+           "@[huge_text]"),
+    ),
+)
+#: Seconds a hard-negative run may take (most take 1-6 s).
+HARD_TIMEOUT_S = 30.0
+#: How long the served runs (``load`` variants) serve, in seconds.
+SERVE_SECONDS_RANGE = (4, 9)
+
 #: Labels of benign programs.
-BENIGN_LABELS: frozenset[str] = frozenset(c.label for c in CATALOG)
+BENIGN_LABELS: frozenset[str] = frozenset(c.label for c in CATALOG + HARD_CATALOG)
 
 #: Renamed runs per label: (kind, name shown). ``copy`` copies the binary under
 #: the name, ``argv0`` keeps the binary and changes argv[0].
@@ -528,7 +624,8 @@ RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 def resolve_programs(
-    commands: tuple[Command, ...] = CATALOG, only: set[str] | None = None
+    commands: tuple[Command, ...] = CATALOG + HARD_CATALOG,
+    only: set[str] | None = None,
 ) -> dict[str, str]:
     """Map each catalog label to its program's path; missing programs are skipped.
 
@@ -613,4 +710,62 @@ def plan_runs(
                     lang=rng.random() < 0.5,
                 )
             )
+    return specs
+
+
+def plan_hard_runs(
+    sb: Sandbox,
+    programs: dict[str, str],
+    *,
+    runs_per_variant: int,
+    seed: int,
+    commands: tuple[Command, ...] = HARD_CATALOG,
+) -> list[RunSpec]:
+    """Draw the hard-negative runs: ``runs_per_variant`` of each variant.
+
+    Run ids are ``<label>-hard-<n>``; none is renamed. Served variants run for
+    a few seconds and are interrupted (exit code 124 is expected for them).
+
+    Args:
+        sb: the prepared sandbox (with its huge inputs).
+        programs: label -> program path, from ``resolve_programs``.
+        runs_per_variant: runs of each variant.
+        seed: RNG seed.
+        commands: the hard-negative catalog.
+    """
+    rng = random.Random(seed * 7 + 11)  # noqa: S311 - seeded for reproducible lab data, not for security
+    specs: list[RunSpec] = []
+    counter: dict[str, int] = {}
+    for cmd in commands:
+        exe = programs.get(cmd.label)
+        if exe is None:
+            continue
+        for variant in cmd.variants:
+            for _ in range(runs_per_variant):
+                n = counter.get(cmd.label, 0)
+                counter[cmd.label] = n + 1
+                run_id = f"{cmd.label}-hard-{n:03d}"
+                wd = sb.work_dir(run_id)
+                args, stdin = variant.build(sb, rng, wd)
+                timeout_s = (
+                    float(rng.randint(*SERVE_SECONDS_RANGE))
+                    if variant.load
+                    else HARD_TIMEOUT_S
+                )
+                specs.append(
+                    RunSpec(
+                        run_id=run_id,
+                        label=cmd.label,
+                        malicious=False,
+                        argv=(exe, *args),
+                        variant=variant.name,
+                        cwd=wd,
+                        shown_name=Path(exe).name,
+                        stdin=stdin,
+                        timeout_s=timeout_s,
+                        lang=rng.random() < 0.5,
+                        hard_negative=True,
+                        load=variant.load,
+                    )
+                )
     return specs

@@ -18,6 +18,7 @@ import random
 import shutil
 import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,13 +179,29 @@ def _read_hugepages() -> int | None:
         return None
 
 
+_HUGEPAGES_LOCK = threading.Lock()
+_hugepages_users = 0
+_hugepages_before: int | None = None
+
+
 @contextmanager
 def hugepages_restored() -> Iterator[None]:
-    """Put ``vm.nr_hugepages`` back after a run: XMRig as root raises it."""
-    before = _read_hugepages()
+    """Put ``vm.nr_hugepages`` back after a run: XMRig as root raises it.
+
+    Safe for runs in parallel threads: the value read when the first run
+    starts is written back when the last one still running ends.
+    """
+    global _hugepages_users, _hugepages_before
+    with _HUGEPAGES_LOCK:
+        if _hugepages_users == 0:
+            _hugepages_before = _read_hugepages()
+        _hugepages_users += 1
     try:
         yield
     finally:
+        with _HUGEPAGES_LOCK:
+            _hugepages_users -= 1
+            before = _hugepages_before if _hugepages_users == 0 else None
         after = _read_hugepages()
         if before is not None and after is not None and after != before:
             try:

@@ -7,9 +7,13 @@
     <out_dir>/sandbox/               generated inputs and renamed copies
     <out_dir>/cache/                 the extracted miner binary
 
-Benign runs are recorded two at a time (``workers``); miner runs come last, one
-at a time, so their CPU use does not slow the others, then the held-out attack
-family (``lab.kinsing``), whose runs are marked split ``heldout``.
+Benign runs are recorded two at a time (``workers``), the plain catalog first,
+then the hard negatives (CPU-heavy or serving benign runs, ``lab.catalog``'s
+``HARD_CATALOG``). Miner runs come after every benign run, so their CPU use
+never slows a benign recording: the real XMRig in benchmark mode and the lab's
+own C miner (``lab.cminer``) against a fake pool, interleaved, ``workers`` at a
+time, each in its own network namespace. The held-out attack family
+(``lab.kinsing``) comes last; its runs are marked split ``heldout``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import random
 import re
 import shutil
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +40,21 @@ from pathlib import Path
 import structlog
 
 from systerns.core.errors import SourceError
-from systerns.lab.catalog import CATALOG, RunSpec, plan_runs, resolve_programs
+from systerns.lab.catalog import (
+    CATALOG,
+    HARD_CATALOG,
+    RunSpec,
+    plan_hard_runs,
+    plan_runs,
+    resolve_programs,
+)
+from systerns.lab.cminer import (
+    CMINER_LABEL,
+    CminerRun,
+    build_cminer,
+    plan_cminer_runs,
+    record_cminer_run,
+)
 from systerns.lab.miner import (
     MINER_LABEL,
     check_netns,
@@ -47,10 +68,18 @@ from systerns.producers.trace import STRACE_OPTIONS, record, strace_version
 
 log = structlog.get_logger(__name__)
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 TEST_SHARE = 0.25
-#: Miner runs in the default corpus.
-MINER_RUNS = 16
+#: Plain runs per catalog command in the default corpus.
+RUNS_PER_COMMAND = 60
+#: Runs of each hard-negative variant in the default corpus.
+HARD_RUNS_PER_VARIANT = 6
+#: XMRig runs in the default corpus.
+MINER_RUNS = 32
+#: Runs of the lab's C miner (``lab.cminer``) in the default corpus.
+CMINER_RUNS = 200
+#: Labels of the training miners (the held-out family is not one of them).
+MINER_LABELS = frozenset({MINER_LABEL, CMINER_LABEL})
 #: Runs of the held-out attack family (``lab.kinsing``) in the default corpus.
 FAMILY_RUNS = 6
 Progress = Callable[[int, int, str], None]
@@ -77,29 +106,67 @@ def hash_trace(path: Path) -> tuple[str, int, int, int | None]:
     return h.hexdigest(), path.stat().st_size, lines, root_pid
 
 
+def _http_load(port: int, paths: list[str], stop: threading.Event, seed: str) -> int:
+    """GET served files from 127.0.0.1:``port`` until ``stop``; return the count."""
+    rng = random.Random(seed)  # noqa: S311 - seeded for reproducible lab data, not for security
+    done = 0
+    while not stop.is_set():
+        url = f"http://127.0.0.1:{port}/{rng.choice(paths)}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback lab server
+                resp.read()
+            done += 1
+        except (OSError, urllib.error.URLError):
+            stop.wait(0.05)
+            continue
+        stop.wait(rng.uniform(0.0, 0.25))
+    return done
+
+
 def _record_run(spec: RunSpec, sb: Sandbox, traces: Path, keep_work: bool) -> dict:
     trace = traces / f"{spec.run_id}.strace"
     stdout = spec.cwd / f"{spec.run_id}.stdout"
+    stop = threading.Event()
+    load: dict[str, int] = {}
+    loader = None
+    if spec.load == "http":
+        loader = threading.Thread(
+            target=lambda: load.update(
+                requests=_http_load(int(spec.argv[-1]), sb.served, stop, spec.run_id)
+            ),
+            daemon=True,
+        )
+        loader.start()
     t0 = time.monotonic()
-    rc = record(
-        list(spec.argv),
-        trace,
-        timeout_s=spec.timeout_s,
-        netns=spec.netns,
-        argv0=spec.argv0,
-        env=sb.env(lang=spec.lang),
-        cwd=spec.cwd,
-        stdin_path=spec.stdin,
-        stdout_path=stdout,
-    )
+    try:
+        rc = record(
+            list(spec.argv),
+            trace,
+            timeout_s=spec.timeout_s,
+            netns=spec.netns,
+            argv0=spec.argv0,
+            env=sb.env(lang=spec.lang),
+            cwd=spec.cwd,
+            stdin_path=spec.stdin,
+            stdout_path=stdout,
+        )
+    finally:
+        stop.set()
+        if loader is not None:
+            loader.join(timeout=10)
     duration_s = time.monotonic() - t0
     stdout.unlink(missing_ok=True)
     if not keep_work and spec.cwd.is_relative_to(sb.work):
         shutil.rmtree(spec.cwd, ignore_errors=True)
     sha, size, lines, root_pid = hash_trace(trace)
-    if rc == 124 and not spec.malicious:
+    if rc == 124 and not spec.malicious and not spec.load:
         log.warning("lab_run_timed_out", run_id=spec.run_id, timeout_s=spec.timeout_s)
-    return {
+    extra: dict = {}
+    if spec.hard_negative:
+        extra["hard_negative"] = True
+    if spec.load:
+        extra["load"] = {"kind": spec.load, **load}
+    return extra | {
         "run_id": spec.run_id,
         "label": spec.label,
         "malicious": spec.malicious,
@@ -130,7 +197,7 @@ def assign_splits(runs: list[dict], seed: int, test_share: float = TEST_SHARE) -
     Per label: about ``test_share`` of the runs go to test, at least one when the
     label has two runs or more, never all of them. At least half of a label's
     renamed runs go to test (renamed copies are what evaluation is about), and
-    miners get at least two test runs when they have four or more.
+    each training miner gets at least two test runs when it has four or more.
     """
     by_label: dict[str, list[dict]] = defaultdict(list)
     for run in sorted(runs, key=lambda r: r["run_id"]):
@@ -144,7 +211,7 @@ def assign_splits(runs: list[dict], seed: int, test_share: float = TEST_SHARE) -
         rng.shuffle(plain)
         n = len(group)
         n_test = max(1, round(n * test_share)) if n >= 2 else 0
-        if label == MINER_LABEL and n >= 4:
+        if label in MINER_LABELS and n >= 4:
             n_test = max(2, n_test)
         test = renamed[: max(1, len(renamed) // 2)] if renamed and n >= 2 else []
         test += plain[: max(0, n_test - len(test))]
@@ -179,6 +246,37 @@ def _record_family(
     return out
 
 
+def _interleave(a: list, b: list) -> list:
+    """Spread the shorter list evenly through the longer one."""
+    if len(a) > len(b):
+        a, b = b, a
+    out, step = [], (len(b) + 1) / (len(a) + 1) if a else 0
+    j = 0
+    for i, item in enumerate(b):
+        while j < len(a) and (j + 1) * step <= i + 1:
+            out.append(a[j])
+            j += 1
+        out.append(item)
+    out.extend(a[j:])
+    return out
+
+
+def _counts(results: list[dict]) -> dict[str, int]:
+    """Run counts by kind and split, for the manifest's summary."""
+    out: dict[str, int] = defaultdict(int)
+    for r in results:
+        kind = (
+            r.get("family")
+            or ("miner_" + r["label"] if r["malicious"] else "")
+            or ("hard_negative" if r.get("hard_negative") else "benign")
+        )
+        out[f"{kind}"] += 1
+        out[f"split_{r.get('split', '')}"] += 1
+        if r.get("renamed") and not r["malicious"]:
+            out["benign_renamed"] += 1
+    return dict(sorted(out.items()))
+
+
 def tool_versions(programs: dict[str, str]) -> dict[str, str]:
     """First line each program prints for its version (not traced)."""
     out = {}
@@ -206,7 +304,7 @@ def tool_versions(programs: dict[str, str]) -> dict[str, str]:
 def build_corpus(
     out_dir: Path,
     *,
-    runs_per_command: int = 10,
+    runs_per_command: int = RUNS_PER_COMMAND,
     include_miner: bool = True,
     seed: int = 7,
     progress: Progress | None = None,
@@ -215,6 +313,8 @@ def build_corpus(
     workers: int = 2,
     keep_work: bool = False,
     family_runs: int | None = None,
+    hard_runs_per_variant: int = HARD_RUNS_PER_VARIANT,
+    cminer_runs: int | None = None,
 ) -> Path:
     """Record the lab corpus into ``out_dir`` and write its manifest.
 
@@ -225,18 +325,21 @@ def build_corpus(
         seed: seed for inputs, arguments and the split.
         progress: called as ``progress(done, total, run_id)`` after each run.
         labels: record only these benign labels (all available when None).
-        miner_runs: miner runs when ``include_miner``.
+        miner_runs: XMRig runs when ``include_miner``.
         workers: benign runs recorded at once.
         keep_work: keep each run's output folder (deleted by default).
         family_runs: runs of the held-out Kinsing-like family; ``FAMILY_RUNS``
             when None and the miner is included, else none.
+        hard_runs_per_variant: runs of each hard-negative variant (0: none).
+        cminer_runs: runs of the lab's C miner; ``CMINER_RUNS`` when None and
+            the miner is included, else none.
 
     Returns:
         The manifest's path.
 
     Raises:
         SourceError: strace is unusable, or the miner was asked for and
-            ``unshare -n`` fails or the package cannot be found.
+            ``unshare -n`` fails, the package cannot be found or gcc fails.
         ValueError: ``runs_per_command`` is below 1.
     """
     if runs_per_command < 1:
@@ -248,11 +351,15 @@ def build_corpus(
         shutil.rmtree(traces)
     traces.mkdir(parents=True)
     sb = Sandbox(out_dir / "sandbox")
-    sb.prepare(seed)
-    programs = resolve_programs(CATALOG, labels)
+    sb.prepare(seed, huge=hard_runs_per_variant > 0)
+    programs = resolve_programs(CATALOG + HARD_CATALOG, labels)
 
     miner_info: dict[str, str] = {}
-    miner_specs: list[RunSpec] = []
+    cminer_info: dict[str, str] = {}
+    miner_specs: list[RunSpec | CminerRun] = []
+    n_cminer = (
+        (CMINER_RUNS if include_miner else 0) if cminer_runs is None else cminer_runs
+    )
     if include_miner:
         if not check_netns():
             raise SourceError(
@@ -260,13 +367,27 @@ def build_corpus(
                 "with network access"
             )
         miner, miner_info = extract_miner(out_dir / "cache")
-        miner_specs = plan_miner_runs(sb, miner, n_runs=miner_runs, seed=seed)
+        xmrig = plan_miner_runs(sb, miner, n_runs=miner_runs, seed=seed)
+        cminer: list[CminerRun] = []
+        if n_cminer > 0:
+            cbin, cminer_info = build_cminer(out_dir / "cache")
+            cminer = plan_cminer_runs(sb, cbin, n_runs=n_cminer, seed=seed)
+        miner_specs = _interleave(xmrig, cminer)
 
     server = lab_http_server(sb.www) if "curl" in programs else nullcontext(0)
     results: list[dict] = []
     with server as port:
         sb.port = port
-        specs = plan_runs(sb, programs, runs_per_command=runs_per_command, seed=seed)
+        specs = plan_runs(
+            sb,
+            {k: v for k, v in programs.items() if k in {c.label for c in CATALOG}},
+            runs_per_command=runs_per_command,
+            seed=seed,
+        )
+        if hard_runs_per_variant > 0:
+            specs += plan_hard_runs(
+                sb, programs, runs_per_variant=hard_runs_per_variant, seed=seed
+            )
         total = len(specs) + len(miner_specs)
         log.info(
             "lab_build_start",
@@ -290,20 +411,34 @@ def build_corpus(
                 if progress is not None:
                     progress(len(results), total, spec.run_id)
 
-    for spec in miner_specs:
-        with hugepages_restored():
-            res = one(spec)
-        if res is not None:
-            results.append(res)
-            log.info(
-                "lab_miner_run",
-                run_id=spec.run_id,
-                duration_s=res["duration_s"],
-                trace_lines=res["trace_lines"],
-                exit_code=res["exit_code"],
-            )
-        if progress is not None:
-            progress(len(results), total, spec.run_id)
+    benign_wall_s = time.monotonic() - t0
+
+    def one_miner(spec: RunSpec | CminerRun) -> dict | None:
+        try:
+            if isinstance(spec, CminerRun):
+                return record_cminer_run(spec, traces)
+            with hugepages_restored():
+                return _record_run(spec, sb, traces, keep_work)
+        except SourceError as exc:
+            log.error("lab_run_failed", run_id=spec.run_id, error=str(exc))
+            return None
+
+    # XMRig runs are interleaved with C-miner runs, so with two workers two
+    # XMRig copies rarely run at once (each puts vm.nr_hugepages back).
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        done = pool.map(one_miner, miner_specs)
+        for spec, res in zip(miner_specs, done, strict=True):
+            if res is not None:
+                results.append(res)
+                log.info(
+                    "lab_miner_run",
+                    run_id=spec.run_id,
+                    duration_s=res["duration_s"],
+                    trace_lines=res["trace_lines"],
+                    exit_code=res["exit_code"],
+                )
+            if progress is not None:
+                progress(len(results), total, spec.run_id)
 
     assign_splits(results, seed)
     n_family = (
@@ -326,6 +461,10 @@ def build_corpus(
         "programs": programs,
         "tool_versions": tool_versions(programs),
         "miner": miner_info,
+        "cminer": cminer_info,
+        "hard_runs_per_variant": hard_runs_per_variant,
+        "counts": _counts(results),
+        "benign_wall_s": round(benign_wall_s, 1),
         "build_wall_s": round(wall_s, 1),
         "runs": results,
     }

@@ -40,6 +40,11 @@ BLOB_SIZES_BYTES = (
 TEXT_SIZES_BYTES = (2_000, 15_000, 80_000, 300_000, 1_000_000, 2_500_000)
 SERVED_SIZES_BYTES = (1_024, 20_000, 300_000, 2_000_000)
 TREE_FILES = 160
+#: Inputs of the CPU-heavy, long-running benign runs (hard negatives).
+HUGE_BLOB_BYTES = 48_000_000
+HUGE_TEXT_BYTES = 12_000_000
+#: Functions in the generated C sources that gcc compiles.
+C_SOURCE_FUNCTIONS = (150, 600, 1500)
 WORDS = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima "
     "mike november oscar papa quebec romeo sierra tango uniform victor whiskey "
@@ -100,6 +105,26 @@ PY_SCRIPTS: dict[str, str] = {
         "db.executemany('insert into t values (?, ?)',\n"
         "               ((i, str(i) * 3) for i in range(int(sys.argv[1]))))\n"
         "print(db.execute('select count(*), sum(k) from t').fetchone())\n"
+    ),
+    "cpu_loop.py": (
+        "import sys\n"
+        "n = int(sys.argv[1])\n"
+        "acc = 0\n"
+        "for i in range(n):\n"
+        "    acc = (acc * 31 + i * i) % 1000003\n"
+        "print(acc)\n"
+    ),
+    "pbkdf2.py": (
+        "import hashlib, sys\n"
+        "key = hashlib.pbkdf2_hmac('sha256', b'lab password', b'salt', "
+        "int(sys.argv[1]))\n"
+        "print(key.hex())\n"
+    ),
+    "zlib9.py": (
+        "import sys, zlib\n"
+        "with open(sys.argv[1], 'rb') as f:\n"
+        "    data = f.read()\n"
+        "print(len(zlib.compress(data, 9)))\n"
     ),
     "threads.py": (
         "import sys, threading, zlib\n"
@@ -165,6 +190,9 @@ class Sandbox:
     served: list[str] = field(default_factory=list)
     port: int = 0
     copies: dict[str, Path] = field(default_factory=dict)
+    huge_blob: Path | None = None
+    huge_text: Path | None = None
+    c_sources: list[Path] = field(default_factory=list)
 
     @property
     def data(self) -> Path:
@@ -203,8 +231,13 @@ class Sandbox:
             env["LANG"] = "C.UTF-8"
         return env
 
-    def prepare(self, seed: int) -> None:
-        """Wipe the sandbox and generate every input from ``seed``."""
+    def prepare(self, seed: int, *, huge: bool = True) -> None:
+        """Wipe the sandbox and generate every input from ``seed``.
+
+        Args:
+            seed: the RNG seed of every generated file.
+            huge: also write the big inputs of the hard negatives (~60 MB).
+        """
         if self.root.exists():
             shutil.rmtree(self.root)
         for d in (self.data, self.work, self.home, self.bin, self.scripts, self.www):
@@ -217,6 +250,8 @@ class Sandbox:
         self._make_docs(rng)
         self._make_scripts()
         self._make_served(rng)
+        if huge:
+            self._make_huge(rng)
         log.info(
             "lab_sandbox_ready",
             root=str(self.root),
@@ -364,3 +399,34 @@ class Sandbox:
             self.served.append(name)
         (self.www / "index.html").write_text("<html><body>lab</body></html>\n")
         self.served.append("index.html")
+
+    def _make_huge(self, rng: random.Random) -> None:
+        """Big inputs and C sources for the hard negatives (CPU-heavy benign runs)."""
+        d = self.data / "huge"
+        d.mkdir()
+        self.huge_blob = d / "huge_blob.bin"
+        self.huge_blob.write_bytes(rng.randbytes(HUGE_BLOB_BYTES))
+        self.huge_text = d / "huge_text.txt"
+        with open(self.huge_text, "w") as fh:
+            n = 0
+            while n < HUGE_TEXT_BYTES:
+                chunk = self._text(rng, 1_000_000)
+                fh.write(chunk)
+                n += len(chunk)
+        for n_funcs in C_SOURCE_FUNCTIONS:
+            p = d / f"gen_{n_funcs}.c"
+            body = ["#include <stdio.h>\n"]
+            for i in range(n_funcs):
+                k = rng.randint(3, 97)
+                body.append(
+                    f"static long f{i}(long x) {{ long s = 0; "
+                    f"for (long j = 0; j < x; j++) s += (j * {k}) ^ (s >> 3); "
+                    f"return s + {i}; }}\n"
+                )
+            calls = " + ".join(f"f{i}(n)" for i in range(n_funcs))
+            body.append(
+                f"int main(void) {{ long n = 3; "
+                f"printf(\"%ld\\n\", {calls}); return 0; }}\n"
+            )
+            p.write_text("".join(body))
+            self.c_sources.append(p)

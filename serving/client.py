@@ -3,12 +3,20 @@
 ``ModelClient`` speaks TensorFlow Serving's Predict API, so it works against
 ``systerns serve`` and the real ``tensorflow_model_server`` alike. ``LocalModel``
 calls the loaded signature directly (offline scan, benchmarks). Both return one
-``Prediction`` per feature row. Class names come from the model's ``metadata``
-signature, fetched once per served version.
+``Prediction`` per feature row. Class names and the feature version come from
+the model's ``metadata`` signature, fetched once per served version.
+
+Callers pass vectors of the newest ``FEATURE_VERSION``; each version extends the
+one before, so a model trained on an older version gets the prefix it expects
+(``core.features.fit_version``), and models of every version keep working. The
+gRPC client learns which version the server serves (and its width) from the
+``metadata`` signature, then pins its Predict requests to that version, asking
+again every ``refresh_s`` so a newly deployed version is picked up.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +27,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from systerns.core.errors import ModelError, ModelUnavailableError
+from systerns.core.features import FEATURE_DIMS
 from systerns.serving.export import (
     INPUT_FEATURES,
     SIGNATURE_METADATA,
@@ -32,6 +41,8 @@ log = structlog.get_logger(__name__)
 
 #: Rows per Predict request (and per signature call in process).
 DEFAULT_BATCH_ROWS = 256
+#: Seconds the gRPC client trusts its idea of the server's newest version.
+DEFAULT_REFRESH_S = 30.0
 _TOP_K = 3
 _UNAVAILABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -92,6 +103,17 @@ def _as_batch(features: np.ndarray) -> np.ndarray:
     return x
 
 
+def _fit_width(x: np.ndarray, feature_version: int, feature_dim: int) -> np.ndarray:
+    """The prefix of newer-version rows that a model of ``feature_version`` reads.
+
+    Rows no wider than the model's are left alone (a narrower row is the
+    caller's error and the model refuses it).
+    """
+    if x.shape[1] > feature_dim and FEATURE_DIMS.get(feature_version) == feature_dim:
+        return x[:, :feature_dim]
+    return x
+
+
 def _decode_classes(values: np.ndarray) -> tuple[str, ...]:
     return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in values)
 
@@ -140,6 +162,7 @@ class LocalModel:
         meta = self._loaded.signatures[SIGNATURE_METADATA]()
         self.classes = _decode_classes(meta["classes"].numpy())
         self.feature_version = int(meta["feature_version"].numpy())
+        self.feature_dim = int(meta["feature_dim"].numpy())
         # Stored as float32: 0.9 comes back as 0.899999976.
         self.malicious_threshold = round(float(meta["malicious_threshold"].numpy()), 6)
         log.info(
@@ -150,8 +173,11 @@ class LocalModel:
         )
 
     def predict_arrays(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw outputs for a batch: ``(command_probs, malicious)`` arrays."""
-        x = _as_batch(features)
+        """Raw outputs for a batch: ``(command_probs, malicious)`` arrays.
+
+        Rows of a newer feature version are cut to the prefix this model reads.
+        """
+        x = _fit_width(_as_batch(features), self.feature_version, self.feature_dim)
         probs, mal = [], []
         for start in range(0, len(x), self.batch_rows):
             out = self._predict(
@@ -185,6 +211,7 @@ class ModelClient:
         timeout_s: float = 2.0,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         channel: grpc.Channel | None = None,
+        refresh_s: float = DEFAULT_REFRESH_S,
     ) -> None:
         """Open a channel; nothing is sent yet.
 
@@ -195,16 +222,21 @@ class ModelClient:
             timeout_s: deadline of each request.
             batch_rows: rows per Predict request.
             channel: an existing channel to use instead of opening one.
+            refresh_s: with ``version`` None, ask which version is the newest
+                again after this many seconds (0: before every batch).
         """
         self.target = target
         self.model_name = model_name
         self.version = version
         self.timeout_s = timeout_s
         self.batch_rows = batch_rows
+        self.refresh_s = refresh_s
         self._own_channel = channel is None
         self._channel = channel or grpc.insecure_channel(target)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._classes: dict[int, tuple[str, ...]] = {}
+        self._shape: dict[int, tuple[int, int]] = {}
+        self._newest: tuple[int, float] | None = None
 
     def close(self) -> None:
         """Close the channel if this client opened it."""
@@ -221,7 +253,8 @@ class ModelClient:
         """One ``Prediction`` per row; one request per ``batch_rows`` rows.
 
         Args:
-            features: ``(n, FEATURE_DIM)`` float array (a single row may be 1-D).
+            features: ``(n, FEATURE_DIM)`` float array (a single row may be 1-D),
+                of the newest feature version or of the served model's.
 
         Returns:
             Predictions in row order.
@@ -232,11 +265,14 @@ class ModelClient:
             ModelError: the server refused the request or answered badly.
         """
         x = _as_batch(features)
+        pinned = self._target_version()
+        if pinned in self._shape:
+            x = _fit_width(x, *self._shape[pinned])
         out: list[Prediction] = []
         for start in range(0, len(x), self.batch_rows):
             chunk = x[start : start + self.batch_rows]
             response = self._call(
-                SIGNATURE_PREDICT, {INPUT_FEATURES: chunk}, self.version
+                SIGNATURE_PREDICT, {INPUT_FEATURES: chunk}, pinned or None
             )
             served = response.model_spec.version.value
             outputs = self._decode(response, (OUTPUT_COMMAND, OUTPUT_MALICIOUS))
@@ -250,6 +286,43 @@ class ModelClient:
             )
         return out
 
+    def _target_version(self) -> int:
+        """The version to send to: the chosen one, else the server's newest.
+
+        The newest is learnt from a ``metadata`` call (which also caches that
+        version's classes and feature shape) and trusted for ``refresh_s``.
+        Returns 0 when the server leaves the version out of its answers.
+        """
+        if self.version is not None:
+            if self.version not in self._shape:
+                self.classes(self.version)
+            return self.version
+        now = time.monotonic()
+        if self._newest is not None and now - self._newest[1] < self.refresh_s:
+            return self._newest[0]
+        served = self._load_metadata(None)
+        self._newest = (served, now)
+        return served
+
+    def _load_metadata(self, version: int | None) -> int:
+        response = self._call(SIGNATURE_METADATA, {}, version)
+        served = response.model_spec.version.value or (version or 0)
+        names = self._decode(response, ("classes",))["classes"]
+        self._classes[served] = _decode_classes(names.reshape(-1))
+        if "feature_version" in response.outputs and "feature_dim" in response.outputs:
+            self._shape[served] = (
+                int(tf.make_ndarray(response.outputs["feature_version"])),
+                int(tf.make_ndarray(response.outputs["feature_dim"])),
+            )
+        log.info(
+            "model_classes_loaded",
+            target=self.target,
+            version=served,
+            classes=len(self._classes[served]),
+            feature_shape=self._shape.get(served),
+        )
+        return served
+
     def classes(self, version: int) -> tuple[str, ...]:
         """Class names of a served version, asked once and then remembered.
 
@@ -259,15 +332,11 @@ class ModelClient:
         """
         if version not in self._classes:
             # A server that leaves the version out of its answer reports 0.
-            response = self._call(SIGNATURE_METADATA, {}, version or None)
-            names = self._decode(response, ("classes",))["classes"]
-            self._classes[version] = _decode_classes(names.reshape(-1))
-            log.info(
-                "model_classes_loaded",
-                target=self.target,
-                version=version,
-                classes=len(self._classes[version]),
-            )
+            served = self._load_metadata(version or None)
+            if served != version:
+                self._classes[version] = self._classes[served]
+                if served in self._shape:
+                    self._shape[version] = self._shape[served]
         return self._classes[version]
 
     def _call(

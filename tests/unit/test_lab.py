@@ -11,7 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from systerns.lab.catalog import BENIGN_LABELS, CATALOG
+from systerns.lab.catalog import (
+    BENIGN_LABELS,
+    CATALOG,
+    HARD_CATALOG,
+    plan_hard_runs,
+    resolve_programs,
+)
+from systerns.lab.cminer import (
+    CMINER_LABEL,
+    build_cminer,
+    plan_cminer_runs,
+    record_cminer_run,
+)
 from systerns.lab.corpus import iter_sessions, label_session, load_corpus
 from systerns.lab.kinsing import HELD_OUT_SPLIT, plan_family_runs, record_family_run
 from systerns.lab.miner import (
@@ -24,7 +36,7 @@ from systerns.lab.miner import (
     plan_miner_runs,
     sha256_file,
 )
-from systerns.lab.recorder import assign_splits, build_corpus
+from systerns.lab.recorder import _interleave, assign_splits, build_corpus
 from systerns.lab.sandbox import Sandbox
 
 needs_strace = pytest.mark.skipif(
@@ -156,6 +168,7 @@ def test_small_corpus_builds_with_disjoint_splits(tmp_path: Path) -> None:
         include_miner=False,
         seed=3,
         labels=SMALL_LABELS,
+        hard_runs_per_variant=0,
         progress=lambda d, t, r: calls.append((d, t, r)),
     )
     manifest = json.loads(path.read_text())
@@ -214,6 +227,8 @@ def test_one_miner_run_is_judged_while_running(tmp_path: Path) -> None:
         runs_per_command=1,
         include_miner=True,
         miner_runs=1,
+        cminer_runs=0,
+        hard_runs_per_variant=0,
         labels={"date"},
         seed=11,
     )
@@ -275,3 +290,89 @@ def test_one_family_run_records_the_attack(tmp_path: Path) -> None:
         "bot.service",
         "crontab",
     ]
+
+
+def test_hard_negatives_are_benign_long_and_labelled(tmp_path: Path) -> None:
+    """Hard negatives: benign, own labels, longer timeouts; the server gets load."""
+    sb = Sandbox(tmp_path / "sb")
+    sb.root.mkdir()
+    sb.work.mkdir()
+    sb.www.mkdir()
+    sb.scripts.mkdir()
+    for name in ("huge_blob", "huge_text"):
+        setattr(sb, name, tmp_path / name)
+    sb.c_sources = [tmp_path / "gen.c"]
+    sb.texts = [tmp_path / "text.txt"]
+    programs = resolve_programs(HARD_CATALOG)
+    specs = plan_hard_runs(sb, programs, runs_per_variant=2, seed=7)
+    again = plan_hard_runs(sb, programs, runs_per_variant=2, seed=7)
+
+    n_variants = sum(len(c.variants) for c in HARD_CATALOG if c.label in programs)
+    assert len(specs) == 2 * n_variants
+    assert [s.argv[1:] for s in specs if not s.load] == [
+        s.argv[1:] for s in again if not s.load
+    ]
+    assert len({s.run_id for s in specs}) == len(specs)
+    assert all(s.hard_negative and not s.malicious and not s.renamed for s in specs)
+    assert {s.label for s in specs} <= BENIGN_LABELS
+    assert all(s.timeout_s >= 4 for s in specs)
+    served = [s for s in specs if s.load]
+    if "python3" in programs:
+        assert served and all(s.load == "http" for s in served)
+        assert all(s.argv[-1].isdigit() and "127.0.0.1" in s.argv for s in served)
+
+
+def test_interleave_spreads_the_shorter_list() -> None:
+    """Every item kept once, in order, the shorter list spread through."""
+    out = _interleave(["a", "b"], list(range(9)))
+
+    assert [x for x in out if isinstance(x, int)] == list(range(9))
+    assert [x for x in out if isinstance(x, str)] == ["a", "b"]
+    assert out.index("a") > 0 and out.index("b") - out.index("a") > 2
+
+
+def test_cminer_plan_talks_only_to_loopback(tmp_path: Path) -> None:
+    """C-miner runs: renamed copies, a pool on 127.0.0.1 in a netns harness."""
+    fake = tmp_path / "labminer"
+    fake.write_bytes(b"\x7fELF")
+    sb = Sandbox(tmp_path / "sb")
+    sb.root.mkdir()
+    runs = plan_cminer_runs(sb, fake, n_runs=12, seed=7)
+
+    assert len({r.run_id for r in runs}) == 12
+    assert len({r.name for r in runs}) > 6
+    harness = (sb.root / "cminer" / "harness.sh").read_text()
+    pool = (sb.root / "cminer" / "pool.py").read_text()
+    assert "ip link set lo up" in harness and 'strace "$@"' in harness
+    assert '"127.0.0.1"' in pool
+    for r in runs:
+        url = r.argv[r.argv.index("-o") + 1]
+        assert url.endswith("127.0.0.1:3333")
+        assert r.argv[0] == f"./{r.name}" and (r.cwd / r.name).is_file()
+        assert 4 <= r.seconds <= 9
+
+
+@needs_strace
+@pytest.mark.slow
+def test_one_cminer_run_mines_over_stratum(tmp_path: Path) -> None:
+    """The compiled C miner runs threads and speaks stratum to the lab pool."""
+    if shutil.which("gcc") is None or not check_netns():
+        pytest.skip("gcc or unshare -n unavailable")
+    binary, info = build_cminer(tmp_path / "cache")
+    sb = Sandbox(tmp_path / "sb")
+    sb.root.mkdir()
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    run = dataclasses.replace(
+        plan_cminer_runs(sb, binary, n_runs=2, seed=7)[1], seconds=4.0
+    )
+
+    entry = record_cminer_run(run, traces)
+    text = (tmp_path / entry["trace"]).read_text()
+
+    assert info["source_sha256"] and info["binary_sha256"] == sha256_file(binary)
+    assert entry["label"] == CMINER_LABEL and entry["malicious"]
+    assert entry["exit_code"] == 124 and entry["root_pid"]
+    assert 'inet_addr("127.0.0.1")' in text and "htons(3333)" in text
+    assert "mining.subscribe" in text and "mining.authorize" in text
+    assert "clone" in text

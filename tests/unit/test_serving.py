@@ -8,6 +8,7 @@ through SavedModel, gRPC and the clients; it says nothing about detection qualit
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from tensorflow_serving.apis import (
 )
 
 from systerns.core.errors import ModelError, ModelUnavailableError
-from systerns.core.features import FEATURE_DIM, FEATURE_VERSION
+from systerns.core.features import FEATURE_DIM, FEATURE_DIMS, FEATURE_VERSION
 from systerns.serving.client import LocalModel, ModelClient, Prediction, to_predictions
 from systerns.serving.export import (
     METADATA_FILE,
@@ -458,3 +459,46 @@ def test_export_holds_weights_only(model_base: Path) -> None:
 
     assert not [n for n in names if "optimizer" in n]
     assert any("kernel" in n for n in names)
+
+
+REPO = Path(__file__).resolve().parents[2]
+V1_FEATURES_MODEL = REPO / "models" / "systerns" / "2"  # trained on FEATURE_VERSION 1
+
+
+@pytest.fixture(scope="module")
+def mixed_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 1: the committed model of feature version 1; 2: a plumbing one."""
+    if not (V1_FEATURES_MODEL / "saved_model.pb").is_file():
+        pytest.skip("the committed feature-version-1 model is missing")
+    base = tmp_path_factory.mktemp("mixed")
+    shutil.copytree(V1_FEATURES_MODEL, base / MODEL / "1")
+    export_model(
+        _plumbing_model(33), PLUMBING_CLASSES, base, MODEL,
+        metadata={}, version=2, threshold=0.5,
+    )
+    return base
+
+
+def test_old_feature_version_models_read_the_prefix(mixed_base: Path) -> None:
+    """Newest-version rows fit a version-1 model in process and over gRPC."""
+    rows = np.random.default_rng(9).random((5, FEATURE_DIM), dtype=np.float32)
+    old = LocalModel(mixed_base / MODEL, version=1)
+    want = old.predict(rows[:, : FEATURE_DIMS[1]])
+    port = _free_port()
+    server = build_server(mixed_base, MODEL, port)
+    server.start()
+    try:
+        with ModelClient(f"127.0.0.1:{port}", MODEL, version=1) as pinned:
+            got_old = pinned.predict(rows)
+        with ModelClient(f"127.0.0.1:{port}", MODEL, refresh_s=0) as newest:
+            got_new = newest.predict(rows)
+    finally:
+        server.stop(0).wait()
+
+    assert (old.feature_version, old.feature_dim) == (1, FEATURE_DIMS[1])
+    assert FEATURE_DIM > FEATURE_DIMS[1]
+    assert [p.behaves_like for p in old.predict(rows)] == [p.behaves_like for p in want]
+    assert [p.malicious for p in got_old] == pytest.approx([p.malicious for p in want])
+    assert {p.model_version for p in got_old} == {1}
+    assert {p.model_version for p in got_new} == {2}
+    assert {p.behaves_like for p in got_new} <= set(PLUMBING_CLASSES)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from systerns.core.events import EventBatch, ProcessInfo, Syscall
-from systerns.core.features import FEATURE_DIM
+from systerns.core.features import FEATURE_DIM, FEATURE_DIMS
 from systerns.core.syscalls import VOCABULARY
 from systerns.serving.dataset import (
     UNKNOWN,
@@ -29,7 +29,7 @@ from systerns.serving.dataset import (
 
 SECOND_NS = 1_000_000_000
 START_NS = 10**18
-_LOG_EVENTS = FEATURE_DIM - 6  # first of the stats block: log1p(n_events) / 15
+_LOG_EVENTS = FEATURE_DIMS[1] - 6  # first of the v1 stats block: log1p(n_events) / 15
 _N_SYS = len(VOCABULARY)  # the syscall_share block comes first
 
 

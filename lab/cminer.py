@@ -1,0 +1,286 @@
+"""A second training miner: the lab's own C program, compiled at lab time.
+
+``labminer.c`` (beside this module) is neither XMRig nor the held-out family's
+Python stand-in: worker threads (pthreads) run a memory-hard hash loop over a
+per-thread scratchpad and submit shares over stratum JSON-RPC (subscribe,
+authorize, submit, optional keepalives and hash-rate lines) to a fake pool.
+``build_cminer`` compiles it with the system ``gcc`` into the corpus cache.
+
+Each run happens inside its own network namespace: a harness (not traced)
+started by ``unshare -n`` brings the loopback up, starts the fake pool
+(``pool.py``, Python, on 127.0.0.1:3333, a new job every few seconds) and then
+records the renamed miner copy under strace with ``timeout -s INT``. Nothing
+leaves the namespace. Runs vary in name, threads, scratchpad size, share
+difficulty, CPU pinning, keepalives, reporting and pool URL form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from systerns.core.errors import SourceError
+from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
+from systerns.producers.trace import KILL_GRACE_S, STRACE_OPTIONS
+
+log = structlog.get_logger(__name__)
+
+CMINER_LABEL = "labminer"
+SOURCE = Path(__file__).with_name("labminer.c")
+POOL_PORT = 3333
+#: Names the miner's copies run under ("labminer" is its own name).
+RUN_NAMES = (
+    "kswapd0",
+    "httpd",
+    "labminer",
+    "rsyslogd",
+    "sshd",
+    "dockerd",
+    "bash",
+    "python3",
+    "cron",
+    "kworker",
+    "mysqld",
+    "redis-server",
+)
+TIMEOUT_RANGE_S = (4, 9)
+CFLAGS = ("-O2", "-pthread")
+
+_POOL = r"""# Fake stratum pool on 127.0.0.1: new jobs every few seconds, shares accepted.
+import json, os, socketserver, sys, threading, time
+
+EVERY_S = float(sys.argv[2])
+
+
+class Pool(socketserver.StreamRequestHandler):
+    def notify(self, n):
+        job = ["job%d" % n, os.urandom(76).hex(), True]
+        msg = {"id": None, "method": "mining.notify", "params": job}
+        with self.lock:
+            self.wfile.write((json.dumps(msg) + "\n").encode())
+
+    def jobs(self):
+        n = 1
+        while not self.done.wait(EVERY_S):
+            n += 1
+            try:
+                self.notify(n)
+            except OSError:
+                return
+
+    def handle(self):
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        for line in self.rfile:
+            msg = json.loads(line)
+            reply = {"id": msg.get("id"), "result": True, "error": None}
+            if msg.get("method") == "mining.subscribe":
+                reply["result"] = [[["mining.notify", "1"]], "08000002", 4]
+            with self.lock:
+                self.wfile.write((json.dumps(reply) + "\n").encode())
+            if msg.get("method") == "mining.authorize":
+                self.notify(1)
+                threading.Thread(target=self.jobs, daemon=True).start()
+        self.done.set()
+
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+Server(("127.0.0.1", int(sys.argv[1])), Pool).serve_forever()
+"""
+
+_HARNESS = r"""#!/bin/bash
+# Runs inside `unshare -n`: loopback, the fake pool, then the traced miner.
+set -u
+seconds="$1"; job_every="$2"; shift 2
+ip link set lo up || exit 3
+python3 pool.py 3333 "$job_every" >/dev/null 2>&1 &
+pool_pid=$!
+for _ in $(seq 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/3333) 2>/dev/null && break
+  sleep 0.1
+done
+timeout -s INT -k "$KILL_GRACE" "$seconds" strace "$@" >/dev/null 2>&1
+rc=$?
+kill "$pool_pid" 2>/dev/null
+wait
+exit $rc
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CminerRun:
+    """One planned run of the C miner."""
+
+    run_id: str
+    name: str
+    argv: tuple[str, ...]
+    variant: str
+    seconds: float
+    job_every_s: float
+    cwd: Path
+
+
+def build_cminer(cache_dir: Path) -> tuple[Path, dict[str, str]]:
+    """Compile ``labminer.c`` with the system gcc into ``cache_dir``.
+
+    Returns:
+        The binary's path and its provenance (source and binary SHA-256, gcc
+        version, flags).
+
+    Raises:
+        SourceError: gcc is missing or the compile fails.
+    """
+    from systerns.lab.miner import sha256_file
+
+    gcc = shutil.which("gcc", path=SYSTEM_PATH)
+    if gcc is None:
+        raise SourceError("the lab's C miner needs gcc")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    out = cache_dir / CMINER_LABEL
+    done = subprocess.run(
+        [gcc, *CFLAGS, "-o", str(out), str(SOURCE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0 or not out.is_file():
+        raise SourceError(f"gcc failed on {SOURCE.name}: {done.stderr[-500:]}")
+    version = subprocess.run(
+        [gcc, "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()
+    info = {
+        "source": SOURCE.name,
+        "source_sha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+        "binary_sha256": sha256_file(out),
+        "compiler": version[0] if version else "gcc",
+        "cflags": " ".join(CFLAGS),
+    }
+    log.info("lab_cminer_built", path=str(out), sha256=info["binary_sha256"])
+    return out, info
+
+
+def plan_cminer_runs(
+    sb: Sandbox, miner: Path, *, n_runs: int, seed: int
+) -> list[CminerRun]:
+    """Renamed copies of the C miner with varied settings, in ``<sandbox>/cminer``.
+
+    Args:
+        sb: the sandbox.
+        miner: the compiled binary.
+        n_runs: how many runs.
+        seed: RNG seed for every varied setting.
+    """
+    rng = random.Random(seed * 104729 + 3)  # noqa: S311 - seeded for reproducible lab data, not for security
+    run_dir = sb.root / "cminer"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "pool.py").write_text(_POOL)
+    (run_dir / "harness.sh").write_text(_HARNESS)
+    runs = []
+    for i in range(n_runs):
+        name = RUN_NAMES[i % len(RUN_NAMES)]
+        copy = run_dir / name
+        if not copy.exists():
+            shutil.copy2(miner, copy)
+            copy.chmod(0o755)
+        threads = rng.choice((1, 1, 2, 2, 3))
+        mem_kib = rng.choice((64, 256, 1024, 2048, 4096))
+        # About one share every 0.3-3 s per thread, as a pool sets difficulty
+        # from the hash rate (~20k hashes/s per thread over a 64 KiB pad here).
+        rate = 2e4 * 64 / mem_kib * rng.uniform(0.3, 3.0)
+        share_bits = max(1, round(math.log2(rate)))
+        url = rng.choice(("stratum+tcp://127.0.0.1:3333", "127.0.0.1:3333"))
+        argv = [f"./{name}", "-o", url, "-u", f"lab{rng.randrange(10**6):06d}",
+                "-t", str(threads), "--mem", str(mem_kib),
+                "--share-bits", str(share_bits)]
+        if rng.random() < 0.4:
+            argv.append("--affinity")
+        if rng.random() < 0.5:
+            argv += ["--keepalive", str(rng.randint(1, 5))]
+        if rng.random() < 0.5:
+            argv += ["--print", str(rng.randint(1, 4))]
+        runs.append(
+            CminerRun(
+                run_id=f"{CMINER_LABEL}-{name}-{i:03d}",
+                name=name,
+                argv=tuple(argv),
+                variant=f"mem{mem_kib}k_t{threads}",
+                seconds=float(rng.randint(*TIMEOUT_RANGE_S)),
+                job_every_s=rng.choice((1.0, 2.5, 5.0, 30.0)),
+                cwd=run_dir,
+            )
+        )
+    return runs
+
+
+def record_cminer_run(run: CminerRun, traces: Path) -> dict:
+    """Record one run (``unshare -n`` harness, the miner under strace).
+
+    Returns:
+        Its manifest entry (label ``labminer``, malicious).
+
+    Raises:
+        SourceError: a needed program is missing or no trace was written.
+    """
+    from systerns.lab.recorder import hash_trace
+
+    unshare = shutil.which("unshare", path=SYSTEM_PATH)
+    bash = shutil.which("bash", path=SYSTEM_PATH)
+    timeout = shutil.which("timeout", path=SYSTEM_PATH)
+    if not (unshare and bash and timeout and shutil.which("ip", path=SYSTEM_PATH)):
+        raise SourceError("unshare, bash, timeout and ip are needed")
+    trace = traces / f"{run.run_id}.strace"
+    trace.unlink(missing_ok=True)
+    cmd = [
+        timeout, "-k", "5", f"{run.seconds + 30:g}",
+        unshare, "-n", bash, str(run.cwd / "harness.sh"),
+        f"{run.seconds:g}", f"{run.job_every_s:g}",
+        *STRACE_OPTIONS, "-o", str(trace), "--", *run.argv,
+    ]
+    env = {"PATH": SYSTEM_PATH, "HOME": str(run.cwd), "KILL_GRACE": f"{KILL_GRACE_S:g}"}
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, env=env, cwd=run.cwd, capture_output=True, check=False)
+    duration_s = time.monotonic() - t0
+    if not trace.is_file() or trace.stat().st_size == 0:
+        raise SourceError(
+            f"no trace for {run.run_id}: rc={done.returncode} "
+            f"{done.stderr.decode(errors='replace')[-300:]}"
+        )
+    sha, size, lines, root_pid = hash_trace(trace)
+    return {
+        "run_id": run.run_id,
+        "label": CMINER_LABEL,
+        "malicious": True,
+        "variant": run.variant,
+        "argv": list(run.argv),
+        "argv0": None,
+        "shown_name": run.name,
+        "renamed": run.name != CMINER_LABEL,
+        "rename_kind": "copy" if run.name != CMINER_LABEL else "",
+        "netns": True,
+        "lang": False,
+        "cwd": str(run.cwd),
+        "stdin": None,
+        "timeout_s": run.seconds,
+        "trace": str(trace.relative_to(traces.parent)),
+        "sha256": sha,
+        "trace_bytes": size,
+        "trace_lines": lines,
+        "root_pid": root_pid,
+        "exit_code": done.returncode,
+        "duration_s": round(duration_s, 3),
+        "miner": {"implementation": "lab C miner (labminer.c)",
+                  "pool_job_every_s": run.job_every_s},
+    }
