@@ -28,6 +28,7 @@ from pathlib import Path
 import structlog
 
 from systerns.core.errors import SourceError
+from systerns.lab.miner import renamed_copy, sha256_file
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
 from systerns.producers.trace import KILL_GRACE_S, STRACE_OPTIONS
 
@@ -142,8 +143,6 @@ def build_cminer(cache_dir: Path) -> tuple[Path, dict[str, str]]:
     Raises:
         SourceError: gcc is missing or the compile fails.
     """
-    from systerns.lab.miner import sha256_file
-
     gcc = shutil.which("gcc", path=SYSTEM_PATH)
     if gcc is None:
         raise SourceError("the lab's C miner needs gcc")
@@ -191,10 +190,7 @@ def plan_cminer_runs(
     runs = []
     for i in range(n_runs):
         name = RUN_NAMES[i % len(RUN_NAMES)]
-        copy = run_dir / name
-        if not copy.exists():
-            shutil.copy2(miner, copy)
-            copy.chmod(0o755)
+        copy = renamed_copy(miner, run_dir, name)
         threads = rng.choice((1, 1, 2, 2, 3))
         mem_kib = rng.choice((64, 256, 1024, 2048, 4096))
         # About one share every 0.3-3 s per thread, as a pool sets difficulty

@@ -216,6 +216,15 @@ def hugepages_restored() -> Iterator[None]:
                 )
 
 
+def renamed_copy(binary: Path, run_dir: Path, name: str) -> Path:
+    """An executable copy of ``binary`` named ``name`` in ``run_dir`` (made once)."""
+    copy = run_dir / name
+    if not copy.exists():
+        shutil.copy2(binary, copy)
+        copy.chmod(0o755)
+    return copy
+
+
 def plan_miner_runs(
     sb: Sandbox, miner: Path, *, n_runs: int, seed: int
 ) -> list[RunSpec]:
@@ -234,10 +243,7 @@ def plan_miner_runs(
     specs = []
     for i in range(n_runs):
         name = RUN_NAMES[i % len(RUN_NAMES)]
-        copy = run_dir / name
-        if not copy.exists():
-            shutil.copy2(miner, copy)
-            copy.chmod(0o755)
+        copy = renamed_copy(miner, run_dir, name)
         threads = rng.choice((1, 2))
         extra = _EXTRA_ARGS[i % len(_EXTRA_ARGS)]
         algo = ALGORITHMS[(i // 2) % len(ALGORITHMS)]
