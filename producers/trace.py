@@ -23,6 +23,7 @@ import errno
 import os
 import posixpath
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -641,8 +642,9 @@ def trace_command(
 ) -> Iterator[EventBatch]:
     """Record a command under strace and yield its event batches as it runs.
 
-    strace writes the trace to ``out_dir`` as ``trace-<time>-<pid>.strace``
-    (the file stays); the lines are parsed while strace writes them, and open
+    strace writes the trace to ``out_dir`` as
+    ``trace-<time>-<pid>-<random>.strace``, mode 0600 once recorded (the
+    file stays); the lines are parsed while strace writes them, and open
     batches are cut every ``flush_every_s`` seconds, so a long-running command
     (a miner) is published while it runs, not when it ends. Lines that cannot
     be parsed go to ``on_error`` (the collector dead-letters them) or are
@@ -667,10 +669,12 @@ def trace_command(
     """
     st = stats if stats is not None else TraceStats()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"trace-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.strace"
-    if path.exists():
-        path.unlink()
+    # Traces hold raw argv and read/write buffers: a folder made here is
+    # owner-only, the file is made owner-only once strace is done, and each run
+    # gets its own name (two commands in one second used to share a file).
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = out_dir / (f"trace-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-"
+                      f"{secrets.token_hex(4)}.strace")
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -700,6 +704,8 @@ def trace_command(
     finally:
         # A reader that stops early still waits for the command, as before.
         recorder.join()
+        if path.exists():
+            path.chmod(0o600)
     if failure:
         raise failure[0]
     log.info(

@@ -43,17 +43,28 @@ def batch_to_record(batch: EventBatch) -> dict:
     }
 
 
+#: Longest value kept of each process field read from a record. A record on
+#: the topic is hostile input: a field that grows every session state (and
+#: every changelog message) without bound would crash the worker.
+FIELD_MAX_CHARS = {"host": 253, "container_id": 128, "container_image": 512,
+                   "comm": 64, "exe": 4096, "cmdline": 8192}
+
+
 def record_to_batch(rec: dict) -> EventBatch:
-    """An ``event_batch`` Avro record as an ``EventBatch``."""
+    """An ``event_batch`` Avro record as an ``EventBatch``.
+
+    Process fields longer than ``FIELD_MAX_CHARS`` are cut there.
+    """
+    cap = FIELD_MAX_CHARS
     info = ProcessInfo(
-        host=rec["host"],
-        container_id=rec["container_id"],
+        host=rec["host"][: cap["host"]],
+        container_id=rec["container_id"][: cap["container_id"]],
         pid=rec["pid"],
         ppid=rec["ppid"],
-        comm=rec["comm"],
-        exe=rec["exe"],
-        cmdline=rec["cmdline"],
-        container_image=rec.get("container_image", ""),
+        comm=rec["comm"][: cap["comm"]],
+        exe=rec["exe"][: cap["exe"]],
+        cmdline=rec["cmdline"][: cap["cmdline"]],
+        container_image=rec.get("container_image", "")[: cap["container_image"]],
     )
     # A list comprehension, then one tuple: faster than a generator into tuple().
     events = tuple(

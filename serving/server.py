@@ -306,7 +306,10 @@ def build_server(
         OSError: the address cannot be bound.
     """
     service = PredictionService(model_name, load_model(model_base, model_name))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    # No SO_REUSEPORT: a second server on a port in use must fail, not share
+    # the port's traffic with the first one.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         options=[("grpc.so_reuseport", 0)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
@@ -315,6 +318,21 @@ def build_server(
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     return server
+
+
+def tcp_port(text: str) -> int:
+    """A TCP port for argparse: 1 to 65535.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return port
 
 
 def serve(
@@ -366,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model-name", default="systerns")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=tcp_port, default=DEFAULT_PORT)
     args = parser.parse_args(argv)
     try:
         serve(args.model_base, args.model_name, args.port, args.host)

@@ -122,3 +122,26 @@ def test_block_policy_holds_a_bounded_queue_and_reports_it_at_stop(tmp_path):
 def test_unknown_policy_is_refused(tmp_path):
     with pytest.raises(ValueError, match="OUTAGE_POLICY"):
         quiet_publisher(dead_settings(tmp_path, "hope"))
+
+
+def test_collect_fails_when_its_events_never_reach_a_broker(tmp_path, scap_dir, sysdig):
+    """`systerns collect` exits 1 (runtime failure), not 0, having delivered nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYSTERNS_")}
+    env |= {"SYSTERNS_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+            "SYSTERNS_OUTAGE_POLICY": "drop", "SYSTERNS_MESSAGE_TIMEOUT_MS": "2000"}
+    out = subprocess.run(
+        [sys.executable, "-m", "systerns", "collect", "--strict", "--scap",
+         str(scap_dir / "falco" / "cat_write.scap")],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    assert out.returncode == 1, out.stderr[-2000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["published"]["events_delivered"] == 0
+    assert summary["published"]["events_dropped"] > 0
+    assert summary["unaccounted_events"] == 0
+    assert "events_not_delivered" in out.stderr

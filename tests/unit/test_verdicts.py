@@ -33,6 +33,12 @@ def session(comm="kworker", exe="/tmp/kworker", cmdline="kworker", n=500):
     ("/usr/bin/gzip", "gzip", True),
     ("nginx", "gzip", False),
     ("dash", "sh", True),
+    # A prefix is no honest name: a masquerade would pick one.
+    ("f", "find", False),
+    ("findutil", "find", False),
+    ("sha256", "sha256sum", False),
+    # ... except the kernel's 15-character cut of a longer name.
+    ("systemd-journal", "systemd-journald", True),
 ])
 def test_names_match(seen, like, ok):
     assert names_match(seen, like) is ok
