@@ -14,7 +14,7 @@ import sys
 # TensorFlow's C++ start-up chatter is not ours to print; errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from systerns.core.errors import SysternsError
+from systerns.core.errors import SettingsError, SysternsError
 from systerns.core.logs import configure
 
 #: subcommand -> (module, one-line help)
@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)
+    except SettingsError as exc:
+        print(f"systerns {name}: {exc}", file=sys.stderr)
+        return 2
     except SysternsError as exc:
         print(f"systerns {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

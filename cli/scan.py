@@ -68,6 +68,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="one JSON verdict per line")
     p.add_argument("--host", default=default_host())
     args = p.parse_args(argv)
+    if not 0.0 < args.threshold <= 1.0:
+        p.error(f"--threshold must be in (0, 1], not {args.threshold}")
+    not_files = [str(f) for f in args.files if not f.is_file()]
+    if not_files:
+        p.error(f"not a readable file: {', '.join(not_files)}")
 
     if args.model_target:
         from systerns.serving.client import ModelClient

@@ -59,3 +59,7 @@ class ModelError(SysternsError):
 
 class ModelUnavailableError(ModelError):
     """The model server cannot be reached, or the circuit breaker is open."""
+
+
+class SettingsError(SysternsError, ValueError):
+    """A ``SYSTERNS_*`` variable is unknown or holds a value of the wrong type."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
+from systerns.core.errors import SettingsError
+
 PREFIX = "SYSTERNS_"
 #: Variables read elsewhere (scripts, tests) that are not settings fields.
 _OTHER_VARS = frozenset({
@@ -97,7 +99,8 @@ class Settings:
         """Build settings from the environment; explicit overrides win.
 
         Raises:
-            ValueError: an unknown ``SYSTERNS_`` variable or a value of the wrong type.
+            SettingsError: an unknown ``SYSTERNS_`` variable or a value of the wrong
+                type (a ``ValueError``).
         """
         env = dict(os.environ if env is None else env)
         known = {f.name: f for f in fields(cls)}
@@ -107,12 +110,12 @@ class Settings:
                 continue
             name = var[len(PREFIX):].lower()
             if name not in known:
-                raise ValueError(f"unknown setting {var}")
+                raise SettingsError(f"unknown setting {var}")
             typ = type(getattr(cls(), name))
             try:
                 values[name] = typ(raw)
             except ValueError as exc:
-                raise ValueError(f"{var}={raw!r} is not a {typ.__name__}") from exc
+                raise SettingsError(f"{var}={raw!r} is not a {typ.__name__}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

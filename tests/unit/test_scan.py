@@ -41,3 +41,22 @@ def test_scan_of_a_recorded_renamed_command_flags_masquerading(detector, tmp_pat
     reasons = {(a["process_name"], a["reason"], a["behaves_like"])
                for o in outcomes for a in o.alerts}
     assert ("kworker", "masquerading", "find") in reasons
+
+
+@pytest.mark.parametrize("args", [["/"], ["--threshold", "5", __file__],
+                                  ["--threshold", "0", __file__]])
+def test_scan_refuses_bad_arguments_as_usage_errors(args, capsys):
+    from systerns.cli.scan import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    assert "systerns scan: error:" in capsys.readouterr().err
+
+
+def test_a_bad_setting_is_a_usage_error_not_a_traceback(monkeypatch, capsys):
+    from systerns.cli.main import main
+
+    monkeypatch.setenv("SYSTERNS_IDLE_S", "abc")
+    assert main(["alerts"]) == 2
+    assert "SYSTERNS_IDLE_S='abc' is not a float" in capsys.readouterr().err
