@@ -54,6 +54,22 @@ def main(argv: list[str]) -> int:
         write_report,
     )
 
+    for flag, text in (("--from", args.start), ("--to", args.end)):
+        try:
+            parse_bound(text)
+        except ValueError:
+            p.error(f"{flag} {text!r}: use offset:N, epoch milliseconds or an ISO time")
+    labels = None
+    if args.labels:
+        try:
+            labels = json.loads(args.labels.read_text())
+        except (OSError, ValueError) as exc:
+            p.error(f"--labels {args.labels}: {exc}")
+        if not isinstance(labels, dict) or not all(
+                isinstance(v, bool) for v in labels.values()):
+            p.error(f'--labels {args.labels}: expected {{"host/container/pid": '
+                    "true|false, ...}")
+
     def progress(done: int, total: int) -> None:
         pct = 100.0 * done / total if total else 100.0
         print(f"replay: {done}/{total} records ({pct:.0f}%)", file=sys.stderr, flush=True)
@@ -61,7 +77,6 @@ def main(argv: list[str]) -> int:
     models = {f"v{args.model_version}": _model(args, args.model_version)}
     if args.compare_version is not None:
         models[f"v{args.compare_version}"] = _model(args, args.compare_version)
-    labels = json.loads(args.labels.read_text()) if args.labels else None
     recorded = None
     if args.compare_recorded:
         s, e = parse_bound(args.start), parse_bound(args.end)
