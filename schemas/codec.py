@@ -108,7 +108,8 @@ class Codec:
 
         Raises:
             SchemaError: not single-object encoded, unknown fingerprint, another
-                subject's schema, or a datum that does not match its schema.
+                subject's schema, a datum that does not match its schema, or
+                bytes left after the datum.
         """
         if not isinstance(data, bytes | bytearray) or data[:2] != MAGIC:
             raise SchemaError("not_single_object", "missing C3 01 header", data or b"")
@@ -119,9 +120,13 @@ class Codec:
             raise SchemaError(
                 "wrong_subject", f"{writer.subject} on {self.subject}", data
             )
+        body = io.BytesIO(data[10:])
         try:
-            return fastavro.schemaless_reader(
-                io.BytesIO(data[10:]), writer.parsed, self.reader.parsed
-            )
+            datum = fastavro.schemaless_reader(body, writer.parsed, self.reader.parsed)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
             raise SchemaError("bad_datum", f"{type(exc).__name__}: {exc}", data) from exc
+        left = len(data) - 10 - body.tell()
+        if left:
+            # A valid datum with bytes after it: a forged or corrupted message.
+            raise SchemaError("trailing_bytes", f"{left} bytes after the datum", data)
+        return datum

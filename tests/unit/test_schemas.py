@@ -64,6 +64,15 @@ def test_bad_messages_raise_schema_error(bad):
         Codec("alert").decode(bad)
 
 
+def test_bytes_after_a_valid_datum_are_refused():
+    codec = Codec("dead_letter")
+    data = codec.encode({"stage": "s", "reason": "r", "detail": "", "source": "x",
+                         "raw": b"", "ts_ms": 1})
+    with pytest.raises(SchemaError) as exc:
+        codec.decode(data + b"\x00garbage")
+    assert exc.value.reason == "trailing_bytes"
+
+
 def test_another_subject_is_refused():
     dl = Codec("dead_letter").encode({"stage": "s", "reason": "r", "detail": "",
                                       "source": "x", "raw": b"", "ts_ms": 1})
