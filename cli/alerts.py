@@ -87,6 +87,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--idle-timeout-s", type=float, default=0,
                    help="stop after this long without an alert (0: follow forever)")
     args = p.parse_args(argv)
+    if args.json and args.format not in ("text", "alert"):
+        p.error("--json prints alert records; use --format ocsf|ecs alone")
     settings = Settings.from_env(bootstrap_servers=args.bootstrap_servers)
     consumer = Consumer(settings.kafka_config() | {
         "group.id": f"systerns-alerts-cli-{uuid.uuid4().hex[:8]}",

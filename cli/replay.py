@@ -54,11 +54,15 @@ def main(argv: list[str]) -> int:
         write_report,
     )
 
+    bounds = []
     for flag, text in (("--from", args.start), ("--to", args.end)):
         try:
-            parse_bound(text)
+            bounds.append(parse_bound(text))
         except ValueError:
             p.error(f"{flag} {text!r}: use offset:N, epoch milliseconds or an ISO time")
+    start, end = bounds
+    if start and end and start[0] == end[0] and start[1] >= end[1]:
+        p.error(f"empty range: --from {args.start} is not before --to {args.end}")
     labels = None
     if args.labels:
         try:

@@ -12,6 +12,7 @@ from systerns.cli.replay import main
     (["--to", "offset:ten"], "--to 'offset:ten'"),
     (["--labels", "{bad"], "--labels"),
     (["--labels", "list"], "expected"),
+    (["--from", "offset:50", "--to", "offset:10"], "empty range"),
 ])
 def test_bad_replay_arguments_are_usage_errors(extra, says, tmp_path, capsys):
     if extra[0] == "--labels":
