@@ -54,9 +54,15 @@ def test_scan_refuses_bad_arguments_as_usage_errors(args, capsys):
     assert "systerns scan: error:" in capsys.readouterr().err
 
 
-def test_a_bad_setting_is_a_usage_error_not_a_traceback(monkeypatch, capsys):
-    from systerns.cli.main import main
+def test_a_bad_setting_is_a_usage_error_not_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setenv("SYSTERNS_IDLE_S", "abc")
-    assert main(["alerts"]) == 2
-    assert "SYSTERNS_IDLE_S='abc' is not a float" in capsys.readouterr().err
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYSTERNS_")}
+    env["SYSTERNS_IDLE_S"] = "abc"
+    out = subprocess.run([sys.executable, "-m", "systerns", "alerts"], env=env,
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "SYSTERNS_IDLE_S='abc' is not a float" in out.stderr
+    assert "Traceback" not in out.stderr
