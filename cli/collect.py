@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from systerns.core.errors import SourceError
+from systerns.core.redact import clean_cmdline
 from systerns.core.settings import Settings
 from systerns.core.verdicts import default_host
 from systerns.producers.publisher import Publisher
@@ -89,7 +90,9 @@ def main(argv: list[str]) -> int:
                               container_id=args.container_id,
                               on_error=lambda e: publisher.dead_letter(
                                   e, stage="collector", source="strace")),
-                source=" ".join(cmd)[:200])
+                # The traced command may carry secrets in its argv: the source
+                # goes to a log line and to dead letters, so it is redacted.
+                source=clean_cmdline(" ".join(cmd), 200))
     finally:
         stats = publisher.close()
     summary = {"read": dataclasses.asdict(read) if args.scap or args.live else None,

@@ -41,6 +41,7 @@ from prometheus_client import Counter
 
 from systerns.core.errors import InputError, SchemaError
 from systerns.core.events import EventBatch
+from systerns.core.redact import redact
 from systerns.core.settings import Settings
 from systerns.schemas.codec import Codec
 from systerns.schemas.records import batch_to_record
@@ -317,7 +318,8 @@ class Publisher:
             else:
                 self.send(item)
             if self.stopping.is_set():
-                log.warning("publish_interrupted", source=source)
+                # A traced command's line is the source: never log its secrets.
+                log.warning("publish_interrupted", source=redact(source))
                 break
 
     def close(self, timeout_s: float = 30.0) -> PublishStats:

@@ -38,6 +38,7 @@ import structlog
 
 from systerns.core.errors import InputError, ParseError, SourceError
 from systerns.core.events import EventBatch, ProcessInfo, Syscall
+from systerns.core.redact import clean_cmdline
 from systerns.core.syscalls import PATH_SYSCALLS, canonical
 from systerns.producers.ticker import FLUSH_EVERY_S, TICK, Tick, follow_lines
 
@@ -615,13 +616,14 @@ def record(
         rc = 128 - rc
     log.debug(
         "trace_recorded",
-        prog=argv[0][:200],
+        prog=clean_cmdline(argv[0], 200),
         exit_code=rc,
         duration_s=round(duration_s, 3),
         trace_bytes=out_path.stat().st_size,
     )
     if rc != 0:
-        log.debug("trace_command_failed", exit_code=rc, stderr_tail=err_tail[-500:])
+        log.debug("trace_command_failed", exit_code=rc,
+                  stderr_tail=clean_cmdline(err_tail[-500:], 500))
     return rc
 
 
@@ -698,7 +700,7 @@ def trace_command(
                     on_error(item)
                 else:
                     log.warning("trace_line_unparsed", reason=item.reason,
-                                raw=str(item.raw)[:200])
+                                raw=clean_cmdline(str(item.raw), 200))
                 continue
             yield item
     finally:

@@ -272,11 +272,15 @@ secret = st.text(alphabet=string.ascii_letters + string.digits, min_size=8,
 def cmdline_with_secret(draw) -> tuple[str, str]:
     s = draw(secret)
     upper = "".join(c for c in s.upper() if c.isalnum())
+    # A program-specific flag counts only at a command position (after ;).
     carrier = draw(st.sampled_from([
-        f"--password={s}", f"--token {s}", f"-p{s}", f"API_KEY={s}",
+        f"--password={s}", f"--token {s}", f"; mysql -u root -p{s}", f"API_KEY={s}",
         f"DB_PASSWORD={s}", f"https://user:{s}@example.org/x",
         f"https://example.org/x?token={s}&a=1", f"Authorization: Bearer {s}",
         f"--client-secret={s}", f"--aws-access-key {s}",
+        f"https://admin:a/{s}@db.example/x", f"'X-Api-Key: {s}'",
+        f"--password '{s} and more words'", f"; curl -sSu admin:{s} https://x.example",
+        f"; sshpass -p {s} ssh root@host", f"https://x.example/?X-Amz-Signature={s}",
     ]))
     if draw(st.booleans()):
         s, carrier = f"AKIA{(upper * 2)[:16]}", f"AKIA{(upper * 2)[:16]}"
