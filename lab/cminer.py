@@ -29,6 +29,7 @@ import structlog
 
 from systerns.core.errors import SourceError
 from systerns.lab.miner import renamed_copy, sha256_file
+from systerns.lab.pool import POOL_SCRIPT
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
 from systerns.producers.trace import KILL_GRACE_S, STRACE_OPTIONS
 
@@ -55,51 +56,6 @@ RUN_NAMES = (
 TIMEOUT_RANGE_S = (4, 9)
 CFLAGS = ("-O2", "-pthread")
 
-_POOL = r"""# Fake stratum pool on 127.0.0.1: new jobs every few seconds, shares accepted.
-import json, os, socketserver, sys, threading, time
-
-EVERY_S = float(sys.argv[2])
-
-
-class Pool(socketserver.StreamRequestHandler):
-    def notify(self, n):
-        job = ["job%d" % n, os.urandom(76).hex(), True]
-        msg = {"id": None, "method": "mining.notify", "params": job}
-        with self.lock:
-            self.wfile.write((json.dumps(msg) + "\n").encode())
-
-    def jobs(self):
-        n = 1
-        while not self.done.wait(EVERY_S):
-            n += 1
-            try:
-                self.notify(n)
-            except OSError:
-                return
-
-    def handle(self):
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        for line in self.rfile:
-            msg = json.loads(line)
-            reply = {"id": msg.get("id"), "result": True, "error": None}
-            if msg.get("method") == "mining.subscribe":
-                reply["result"] = [[["mining.notify", "1"]], "08000002", 4]
-            with self.lock:
-                self.wfile.write((json.dumps(reply) + "\n").encode())
-            if msg.get("method") == "mining.authorize":
-                self.notify(1)
-                threading.Thread(target=self.jobs, daemon=True).start()
-        self.done.set()
-
-
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
-Server(("127.0.0.1", int(sys.argv[1])), Pool).serve_forever()
-"""
 
 _HARNESS = r"""#!/bin/bash
 # Runs inside `unshare -n`: loopback, the fake pool, then the traced miner.
@@ -185,7 +141,7 @@ def plan_cminer_runs(
     rng = random.Random(seed * 104729 + 3)  # noqa: S311 - seeded for reproducible lab data, not for security
     run_dir = sb.root / "cminer"
     run_dir.mkdir(exist_ok=True)
-    (run_dir / "pool.py").write_text(_POOL)
+    (run_dir / "pool.py").write_text(POOL_SCRIPT)
     (run_dir / "harness.sh").write_text(_HARNESS)
     runs = []
     for i in range(n_runs):

@@ -38,6 +38,7 @@ from pathlib import Path
 import structlog
 
 from systerns.core.errors import SourceError
+from systerns.lab.pool import POOL_SCRIPT
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
 from systerns.producers.trace import KILL_GRACE_S, STRACE_OPTIONS
 
@@ -138,31 +139,6 @@ except KeyboardInterrupt:
 stop.set()
 """
 
-_POOL = r"""# Fake stratum pool on 127.0.0.1: one job, every share accepted.
-import json, os, socketserver, sys
-
-
-class Pool(socketserver.StreamRequestHandler):
-    def handle(self):
-        for line in self.rfile:
-            msg = json.loads(line)
-            reply = {"id": msg.get("id"), "result": True, "error": None}
-            if msg.get("method") == "mining.subscribe":
-                reply["result"] = [[["mining.notify", "1"]], "08000002", 4]
-            self.wfile.write((json.dumps(reply) + "\n").encode())
-            if msg.get("method") == "mining.authorize":
-                job = ["job1", os.urandom(76).hex(), True]
-                note = {"id": None, "method": "mining.notify", "params": job}
-                self.wfile.write((json.dumps(note) + "\n").encode())
-
-
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-
-Server(("127.0.0.1", int(sys.argv[1])), Pool).serve_forever()
-"""
 
 _HARNESS = r"""#!/bin/bash
 # Runs inside `unshare -n`: loopback, helpers, then the traced dropper.
@@ -172,7 +148,7 @@ cd "$run_dir" || exit 1
 ip link set lo up || exit 3
 python3 -m http.server 8080 --bind 127.0.0.1 --directory www >/dev/null 2>&1 &
 http_pid=$!
-python3 stratum.py 3333 >/dev/null 2>&1 &
+python3 stratum.py 3333 86400 >/dev/null 2>&1 &
 pool_pid=$!
 : > competitors.pids
 for c in competitors/*; do "$c" 600 & echo $! >> competitors.pids; done
@@ -248,7 +224,7 @@ def _lay_out(run: AttackRun, python: Path, sleep: Path, rng: random.Random) -> N
     (d / "competitors").mkdir()
     (d / "dropper.sh").write_text(_DROPPER)
     (d / "harness.sh").write_text(_HARNESS)
-    (d / "stratum.py").write_text(_POOL)
+    (d / "stratum.py").write_text(POOL_SCRIPT)
     (d / "www" / "m.py").write_text(_MINER)
     cfg = {
         "port": 3333,
