@@ -21,7 +21,6 @@ import math
 import random
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from systerns.core.errors import SourceError
 from systerns.lab.miner import renamed_copy, sha256_file
 from systerns.lab.pool import POOL_SCRIPT
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
+from systerns.lab.tracefile import run_harness, trace_facts
 from systerns.producers.trace import KILL_GRACE_S, STRACE_OPTIONS
 
 log = structlog.get_logger(__name__)
@@ -186,15 +186,12 @@ def record_cminer_run(run: CminerRun, traces: Path) -> dict:
     Raises:
         SourceError: a needed program is missing or no trace was written.
     """
-    from systerns.lab.recorder import hash_trace
-
     unshare = shutil.which("unshare", path=SYSTEM_PATH)
     bash = shutil.which("bash", path=SYSTEM_PATH)
     timeout = shutil.which("timeout", path=SYSTEM_PATH)
     if not (unshare and bash and timeout and shutil.which("ip", path=SYSTEM_PATH)):
         raise SourceError("unshare, bash, timeout and ip are needed")
     trace = traces / f"{run.run_id}.strace"
-    trace.unlink(missing_ok=True)
     cmd = [
         timeout, "-k", "5", f"{run.seconds + 30:g}",
         unshare, "-n", bash, str(run.cwd / "harness.sh"),
@@ -202,15 +199,8 @@ def record_cminer_run(run: CminerRun, traces: Path) -> dict:
         *STRACE_OPTIONS, "-o", str(trace), "--", *run.argv,
     ]
     env = {"PATH": SYSTEM_PATH, "HOME": str(run.cwd), "KILL_GRACE": f"{KILL_GRACE_S:g}"}
-    t0 = time.monotonic()
-    done = subprocess.run(cmd, env=env, cwd=run.cwd, capture_output=True, check=False)
-    duration_s = time.monotonic() - t0
-    if not trace.is_file() or trace.stat().st_size == 0:
-        raise SourceError(
-            f"no trace for {run.run_id}: rc={done.returncode} "
-            f"{done.stderr.decode(errors='replace')[-300:]}"
-        )
-    sha, size, lines, root_pid = hash_trace(trace)
+    done, duration_s = run_harness(cmd, env=env, cwd=run.cwd, trace=trace,
+                                   run_id=run.run_id)
     return {
         "run_id": run.run_id,
         "label": CMINER_LABEL,
@@ -226,13 +216,7 @@ def record_cminer_run(run: CminerRun, traces: Path) -> dict:
         "cwd": str(run.cwd),
         "stdin": None,
         "timeout_s": run.seconds,
-        "trace": str(trace.relative_to(traces.parent)),
-        "sha256": sha,
-        "trace_bytes": size,
-        "trace_lines": lines,
-        "root_pid": root_pid,
-        "exit_code": done.returncode,
-        "duration_s": round(duration_s, 3),
+    } | trace_facts(trace, traces, done.returncode, duration_s) | {
         "miner": {"implementation": "lab C miner (labminer.c)",
                   "pool_job_every_s": run.job_every_s},
     }

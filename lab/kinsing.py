@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +38,7 @@ import structlog
 from systerns.core.errors import SourceError
 from systerns.lab.pool import POOL_SCRIPT
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
+from systerns.lab.tracefile import run_harness, trace_facts
 from systerns.producers.trace import KILL_GRACE_S, STRACE_OPTIONS
 
 log = structlog.get_logger(__name__)
@@ -252,8 +251,6 @@ def record_family_run(run: AttackRun, traces: Path) -> dict:
     Raises:
         SourceError: a needed program is missing or no trace was written.
     """
-    from systerns.lab.recorder import hash_trace
-
     unshare = shutil.which("unshare", path=SYSTEM_PATH)
     bash = shutil.which("bash", path=SYSTEM_PATH)
     strace = shutil.which("strace", path=SYSTEM_PATH)
@@ -261,7 +258,6 @@ def record_family_run(run: AttackRun, traces: Path) -> dict:
     if not (unshare and bash and strace and timeout):
         raise SourceError("unshare, bash, strace and timeout are needed")
     trace = traces / f"{run.run_id}.strace"
-    trace.unlink(missing_ok=True)
     argv = ["/bin/sh", "dropper.sh", "http://127.0.0.1:8080", run.payload_name]
     cmd = [
         timeout,
@@ -279,24 +275,16 @@ def record_family_run(run: AttackRun, traces: Path) -> dict:
         *STRACE_OPTIONS,
     ]
     env = {"PATH": SYSTEM_PATH, "HOME": str(run.run_dir), "KILL_GRACE": "3"}
-    t0 = time.monotonic()
-    done = subprocess.run(
-        cmd, env=env, cwd=run.run_dir, capture_output=True, check=False
-    )
-    duration_s = time.monotonic() - t0
-    if not trace.is_file() or trace.stat().st_size == 0:
-        raise SourceError(
-            f"no trace for {run.run_id}: rc={done.returncode} "
-            f"{done.stderr.decode(errors='replace')[-300:]}"
-        )
-    sha, size, lines, root_pid = hash_trace(trace)
+    done, duration_s = run_harness(cmd, env=env, cwd=run.run_dir, trace=trace,
+                                   run_id=run.run_id)
+    facts = trace_facts(trace, traces, done.returncode, duration_s)
     persisted = sorted(p.name for p in (run.run_dir / "persist").glob("*"))
     log.info(
         "lab_family_run",
         run_id=run.run_id,
         exit_code=done.returncode,
         duration_s=round(duration_s, 1),
-        trace_lines=lines,
+        trace_lines=facts["trace_lines"],
         persisted=persisted,
     )
     return {
@@ -315,13 +303,7 @@ def record_family_run(run: AttackRun, traces: Path) -> dict:
         "cwd": str(run.run_dir),
         "stdin": None,
         "timeout_s": run.seconds,
-        "trace": str(trace.relative_to(traces.parent)),
-        "sha256": sha,
-        "trace_bytes": size,
-        "trace_lines": lines,
-        "root_pid": root_pid,
-        "exit_code": done.returncode,
-        "duration_s": round(duration_s, 3),
+    } | facts | {
         "split": HELD_OUT_SPLIT,
         "attack": {
             "payload": "python3 copy running the lab miner script",

@@ -18,12 +18,10 @@ time, each in its own network namespace. The held-out attack family
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import random
-import re
 import shutil
 import subprocess
 import threading
@@ -64,6 +62,7 @@ from systerns.lab.miner import (
 )
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
 from systerns.lab.server import lab_http_server
+from systerns.lab.tracefile import trace_facts
 from systerns.producers.trace import STRACE_OPTIONS, record, strace_version
 
 log = structlog.get_logger(__name__)
@@ -83,27 +82,11 @@ MINER_LABELS = frozenset({MINER_LABEL, CMINER_LABEL})
 #: Runs of the held-out attack family (``lab.kinsing``) in the default corpus.
 FAMILY_RUNS = 6
 Progress = Callable[[int, int, str], None]
-_PID_RE = re.compile(rb"^(\d+) ")
 
 
 def default_corpus_dir() -> Path:
     """``var/lab`` under the repository (ignored by git)."""
     return Path(__file__).resolve().parents[1] / "var" / "lab"
-
-
-def hash_trace(path: Path) -> tuple[str, int, int, int | None]:
-    h = hashlib.sha256()
-    lines = 0
-    root_pid = None
-    with open(path, "rb") as fh:
-        first = fh.readline()
-        m = _PID_RE.match(first)
-        root_pid = int(m.group(1)) if m else None
-        fh.seek(0)
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-            lines += chunk.count(b"\n")
-    return h.hexdigest(), path.stat().st_size, lines, root_pid
 
 
 def _http_load(port: int, paths: list[str], stop: threading.Event, seed: str) -> int:
@@ -158,7 +141,6 @@ def _record_run(spec: RunSpec, sb: Sandbox, traces: Path, keep_work: bool) -> di
     stdout.unlink(missing_ok=True)
     if not keep_work and spec.cwd.is_relative_to(sb.work):
         shutil.rmtree(spec.cwd, ignore_errors=True)
-    sha, size, lines, root_pid = hash_trace(trace)
     if rc == 124 and not spec.malicious and not spec.load:
         log.warning("lab_run_timed_out", run_id=spec.run_id, timeout_s=spec.timeout_s)
     extra: dict = {}
@@ -181,14 +163,7 @@ def _record_run(spec: RunSpec, sb: Sandbox, traces: Path, keep_work: bool) -> di
         "cwd": str(spec.cwd),
         "stdin": str(spec.stdin) if spec.stdin else None,
         "timeout_s": spec.timeout_s,
-        "trace": str(trace.relative_to(traces.parent)),
-        "sha256": sha,
-        "trace_bytes": size,
-        "trace_lines": lines,
-        "root_pid": root_pid,
-        "exit_code": rc,
-        "duration_s": round(duration_s, 3),
-    }
+    } | trace_facts(trace, traces, rc, duration_s)
 
 
 def assign_splits(runs: list[dict], seed: int, test_share: float = TEST_SHARE) -> None:

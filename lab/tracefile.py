@@ -1,0 +1,60 @@
+"""Trace files of lab runs: running a traced harness, and what a manifest says of a trace."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from systerns.core.errors import SourceError
+
+_PID_RE = re.compile(rb"^(\d+) ")
+
+
+def hash_trace(path: Path) -> tuple[str, int, int, int | None]:
+    """SHA-256, size in bytes, line count and first pid of a trace file."""
+    h = hashlib.sha256()
+    lines = 0
+    with open(path, "rb") as fh:
+        m = _PID_RE.match(fh.readline())
+        root_pid = int(m.group(1)) if m else None
+        fh.seek(0)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+            lines += chunk.count(b"\n")
+    return h.hexdigest(), path.stat().st_size, lines, root_pid
+
+
+def trace_facts(trace: Path, traces: Path, exit_code: int, duration_s: float) -> dict:
+    """The manifest fields every run has about its trace and how it ended."""
+    sha, size, lines, root_pid = hash_trace(trace)
+    return {
+        "trace": str(trace.relative_to(traces.parent)),
+        "sha256": sha,
+        "trace_bytes": size,
+        "trace_lines": lines,
+        "root_pid": root_pid,
+        "exit_code": exit_code,
+        "duration_s": round(duration_s, 3),
+    }
+
+
+def run_harness(cmd: list[str], *, env: dict[str, str], cwd: Path, trace: Path,
+                run_id: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run a harness that writes ``trace``; return its result and wall seconds.
+
+    Raises:
+        SourceError: the harness left no trace, or an empty one.
+    """
+    trace.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, check=False)
+    duration_s = time.monotonic() - t0
+    if not trace.is_file() or trace.stat().st_size == 0:
+        raise SourceError(
+            f"no trace for {run_id}: rc={done.returncode} "
+            f"{done.stderr.decode(errors='replace')[-300:]}"
+        )
+    return done, duration_s
