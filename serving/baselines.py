@@ -190,23 +190,17 @@ class NgramBaseline:
         if not docs:
             raise ValueError("no training rows for the n-gram baseline")
         x = self._tfidf.fit_transform(self._hasher.transform(docs))
+        def fit(y):
+            return LogisticRegression(C=10.0, max_iter=3000, class_weight="balanced",
+                                      random_state=self.seed).fit(x, y)
+
         if len(np.unique(labels)) > 1:
-            self._command = LogisticRegression(
-                C=10.0,
-                max_iter=3000,
-                class_weight="balanced",
-                random_state=self.seed,
-            ).fit(x, labels)
+            self._command = fit(labels)
         else:
             self._only_class = int(labels[0])
         mal = (np.asarray(malicious) > 0.5).astype(int)
         if len(np.unique(mal)) > 1:
-            self._malicious = LogisticRegression(
-                C=10.0,
-                max_iter=3000,
-                class_weight="balanced",
-                random_state=self.seed,
-            ).fit(x, mal)
+            self._malicious = fit(mal)
         else:
             self._only_malicious = float(mal[0])
         log.info("ngram_baseline_fitted", rows=len(docs), classes=len(self.classes))
