@@ -210,26 +210,14 @@ class AlertIndex:
         self.stopping = threading.Event()
         self.loaded = 0
 
-    def ensure_topic(self) -> None:
-        """Create the compacted index topic when it does not exist yet."""
-        admin = AdminClient(self.settings.kafka_config() | {"log_level": 0})
-        fut = admin.create_topics([NewTopic(
-            self.topic, num_partitions=1,
-            replication_factor=self.settings.internal_replication_factor,
-            config={"cleanup.policy": "compact"})])[self.topic]
-        try:
-            fut.result(timeout=30)
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-
     def start(self) -> None:
         """Start the thread that loads, then tails, the index topic."""
         threading.Thread(target=self._run, name="alert-index", daemon=True).start()
 
     def _run(self) -> None:
         try:
-            self.ensure_topic()
+            # The topic itself is made before the worker starts
+            # (ensure_internal_topics).
             consumer = Consumer(self.settings.kafka_config() | {
                 "group.id": f"{self.topic}-reader", "enable.auto.commit": False,
                 "log_level": 0})
@@ -301,6 +289,16 @@ def events_partitions(settings: Settings, default: int = 6) -> int:
     return default
 
 
+def ticks_topic(settings: Settings) -> str:
+    """The worker group's tick topic (ticks and ``done`` marks)."""
+    return f"{settings.worker_id}-ticks"
+
+
+def alert_index_topic(settings: Settings) -> str:
+    """The worker group's compacted topic of emitted alert ids and incidents."""
+    return f"{settings.worker_id}-alert-index"
+
+
 def ensure_internal_topics(settings: Settings, partitions: int,
                            timeout_s: float = 60.0) -> None:
     """Create the worker group's internal topics and wait until they are visible.
@@ -320,9 +318,9 @@ def ensure_internal_topics(settings: Settings, partitions: int,
     wanted = {
         f"{app_id}-sessions-changelog": (partitions, compact),
         f"{app_id}-judging-changelog": (partitions, compact),
-        f"{app_id}-ticks": (partitions, {"retention.ms": str(TICK_RETENTION_MS)}),
+        ticks_topic(settings): (partitions, {"retention.ms": str(TICK_RETENTION_MS)}),
         f"{app_id}-__assignor-__leader": (1, {}),
-        f"{app_id}-alert-index": (1, compact),
+        alert_index_topic(settings): (1, compact),
     }
     admin = AdminClient(settings.kafka_config() | {"log_level": 0})
     futures = admin.create_topics(
@@ -400,7 +398,7 @@ def create_app(settings: Settings, *, model=None,
     events = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw",
                        partitions=partitions)
-    ticks = app.topic(f"{settings.worker_id}-ticks", key_type=bytes, value_type=bytes,
+    ticks = app.topic(ticks_topic(settings), key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw",
                       partitions=partitions, internal=True)
     verdicts = app.topic(settings.verdicts_topic, key_serializer="raw",
@@ -453,9 +451,9 @@ def create_app(settings: Settings, *, model=None,
     # consumer), so judgements wait for the model instead of being dropped.
     pending: asyncio.Queue[Judgement] = asyncio.Queue(maxsize=settings.judge_queue_max)
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
-    index_topic = app.topic(f"{settings.worker_id}-alert-index", key_serializer="raw",
+    index_topic = app.topic(alert_index_topic(settings), key_serializer="raw",
                             value_serializer="raw")
-    index = AlertIndex(settings, f"{settings.worker_id}-alert-index", MAX_SEEN_ALERTS,
+    index = AlertIndex(settings, alert_index_topic(settings), MAX_SEEN_ALERTS,
                        incidents)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model")
     totals = {"records": 0, "events": 0, "batches": 0, "events_sessionized": 0,
