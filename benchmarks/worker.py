@@ -4,18 +4,19 @@ Figures, each with a reference measured in the same run:
 
 * core, in process: Avro decode → ``record_to_batch`` → ``Sessionizer.ingest``
   → ``vectorize_many`` on every 64 judgements (the worker's model batch),
-  against Avro decoding alone of the same records, and against the code the
+  against Avro decoding alone of the same records, against the code the
   hot-path changes replaced (``benchmarks.baseline``), checked to give
-  identical sessions; the proposed columnar schema (``benchmarks.proposals``)
-  against v1 decoding;
+  identical sessions, and against the same core on v1 (row) records as of
+  ``baseline.HEAD_COMMIT`` (before the columnar records, P6);
 * memory per open session: tracemalloc and RSS growth with N open sessions,
   against the JSON size of the same sessions (what the changelog stores);
 * Kafka: the real ``systerns worker`` (Faust) with ``systerns serve``, started
   by ``cli.stack.LocalStack`` on fresh topics; events produced after a warm-up
   session came back; timed until every verdict the core predicts for that input
   is on the verdicts topic; against one plain consumer reading and decoding the
-  same topic. Also events per CPU-second of the worker process, which load on
-  the shared machine does not change.
+  same topic, and against the worker of ``baseline.HEAD_COMMIT`` (one record
+  per agent step, v1 records). Also events per CPU-second of the worker
+  process, which load on the shared machine does not change.
 
 Input: every readable capture and every lab recording, each moved to its own
 slot on one timeline, then replicated to more hosts (``common.replicate``) up
@@ -135,17 +136,32 @@ def replicated(base: list, target_events: int, group: int) -> Iterator:
                     return
 
 
-def encode_stream(batches) -> tuple[list[tuple[bytes, bytes]], int]:
-    """Records as the collector publishes them (key, Avro value); event count."""
-    from systerns.schemas.codec import Codec
-    from systerns.schemas.records import batch_to_record
+def encode_stream(batches, v1: bool = False) -> tuple[list[tuple[bytes, bytes]], int]:
+    """Records as the collector publishes them (key, Avro value); event count.
 
-    codec = Codec("event_batch")
+    Args:
+        v1: as collectors before the columnar records wrote them (v1 rows).
+    """
+    from systerns.schemas.codec import Codec
+    from systerns.schemas.records import batch_to_record, batch_to_record_v1
+
+    codec = Codec("event_batch", 1 if v1 else None)
+    to_record = batch_to_record_v1 if v1 else batch_to_record
     out, n = [], 0
     for b in batches:
-        out.append((b.process.key.encode(), codec.encode(batch_to_record(b))))
+        out.append((b.process.key.encode(), codec.encode(to_record(b))))
         n += len(b)
     return out, n
+
+
+def as_v1(records: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The same records re-encoded as v1 (rows), for the code before P6."""
+    from systerns.schemas.codec import Codec
+    from systerns.schemas.records import batch_to_record_v1, record_to_batch
+
+    codec, old = Codec("event_batch"), Codec("event_batch", 1)
+    return [(k, old.encode(batch_to_record_v1(record_to_batch(codec.decode(v)))))
+            for k, v in records]
 
 
 # --- core in process ----------------------------------------------------------
@@ -154,15 +170,18 @@ def encode_stream(batches) -> tuple[list[tuple[bytes, bytes]], int]:
 class CoreRun:
     """The worker's per-record work, without Kafka and without the model."""
 
-    def __init__(self, policy, before: bool = False) -> None:
+    def __init__(self, policy, before: bool = False, head: bool = False) -> None:
         from benchmarks import baseline
         from systerns.core.sessions import Sessionizer
         from systerns.schemas import records as conv
         from systerns.schemas.codec import Codec
 
-        self.codec = Codec("event_batch")
+        self.codec = baseline.head_codec("event_batch") if head else Codec(
+            "event_batch")
         sessionizer = baseline.sessionizer_class() if before else Sessionizer
-        self.to_batch = baseline.record_to_batch() if before else conv.record_to_batch
+        self.to_batch = (baseline.record_to_batch() if before
+                         else baseline.head_record_to_batch() if head
+                         else conv.record_to_batch)
         self.sessions = sessionizer({}, policy)
         self.pending: list = []
         self.judgements = 0
@@ -205,33 +224,52 @@ def decode_only(records: list[tuple[bytes, bytes]]) -> None:
 
 
 def measure_core(report: Report, records: list, n_events: int, chunks: int,
-                 with_before: bool) -> CoreRun:
-    """Core rate against decode-only and against the baseline, chunk by chunk."""
+                 with_before: bool, v1_records: list | None = None,
+                 with_head: bool = False) -> CoreRun:
+    """Core rate against decode-only, the baselines, chunk by chunk.
+
+    ``v1_records`` are the same records as v1 rows, what the code before P6
+    reads: the baseline (``with_before``) and the core as of
+    ``baseline.HEAD_COMMIT`` (``with_head``) run on them in the same rotation.
+    """
     from systerns.core.sessions import SessionPolicy
 
     policy = SessionPolicy(idle_s=KAFKA_IDLE_S)
     current = CoreRun(policy)
     before = CoreRun(policy, before=True)
-    seconds = {"decode": 0.0, "current": 0.0, "before": 0.0}
+    head = CoreRun(policy, head=True)
+    runs = {"current": current, "before": before, "head": head}
+    seconds = {"decode": 0.0, "current": 0.0, "before": 0.0, "head": 0.0}
     size = max(len(records) // chunks, 1)
 
-    def run(variant: str, chunk: list) -> None:
+    def run(variant: str, i: int) -> None:
+        chunk = (v1_records if variant in ("head", "before") else records)[i:i + size]
         started = time.perf_counter()
         if variant == "decode":
             decode_only(chunk)
         else:
-            (before if variant == "before" else current).feed(chunk)
+            runs[variant].feed(chunk)
         seconds[variant] += time.perf_counter() - started
 
-    order = ["decode", "current", "before"] if with_before else [
-        "decode", "current"]
+    order = ["decode", "current"] + (["before"] if with_before else []) + (
+        ["head"] if with_head else [])
     for k, i in enumerate(range(0, len(records), size)):
-        chunk = records[i:i + size]
         # Rotate the order per chunk: no variant always runs after another.
         for variant in order[k % len(order):] + order[: k % len(order)]:
             gc.collect()
-            run(variant, chunk)
+            run(variant, i)
     current.finish()
+    if with_head:
+        head.finish()
+        same = (head.judgements == current.judgements
+                and head.sessions.store == current.sessions.store)
+        report.add(Figure(
+            "worker.core_vs_head.events_per_s", n_events / seconds["current"],
+            "events/s", "core on v1 records before P6 (HEAD_COMMIT, same run)",
+            n_events / seconds["head"], GOAL_RATE,
+            f"columnar (v2) records against v1 rows; identical sessions: "
+            f"{'yes' if same else 'NO'}"))
+        report.extra["head_identical"] = same
     rate = n_events / seconds["current"]
     report.add(Figure(
         "worker.core.events_per_s", rate, "events/s", "Avro decode only",
@@ -251,57 +289,6 @@ def measure_core(report: Report, records: list, n_events: int, chunks: int,
             f"identical sessions and features: {'yes' if same else 'NO'}"))
         report.extra["before_identical"] = same
     return current
-
-
-def measure_columnar(report: Report, records: list, rounds: int = 3) -> None:
-    """Decoding into batches: the proposed columnar schema against v1.
-
-    The same records are re-encoded in ``proposals.COLUMNAR_EVENT_BATCH``;
-    both sides decode and build the batch the sessionizer reads.
-    """
-    import io
-
-    import fastavro
-
-    from benchmarks import proposals
-    from systerns.schemas.codec import Codec
-    from systerns.schemas.records import record_to_batch
-
-    codec = Codec("event_batch")
-    schema = fastavro.parse_schema(proposals.COLUMNAR_EVENT_BATCH)
-    columnar = []
-    for _key, value in records:
-        buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, schema, proposals.to_columnar(
-            codec.decode(value)))
-        columnar.append(buf.getvalue())
-    n_events = 0
-    seconds = {"v1": 0.0, "columnar": 0.0}
-    same = True
-    for r in range(rounds):
-        for variant in (["v1", "columnar"] if r % 2 == 0 else ["columnar", "v1"]):
-            started = time.perf_counter()
-            if variant == "v1":
-                v1 = [record_to_batch(codec.decode(v)) for _k, v in records]
-            else:
-                col = [proposals.columnar_record_to_batch(fastavro.schemaless_reader(
-                    io.BytesIO(v), schema, None)) for v in columnar]
-            seconds[variant] += time.perf_counter() - started
-        n_events = sum(len(b) for b in v1)
-        same = same and all(
-            a.process == b.process and [tuple(vars_of(e)) for e in a.events]
-            == [tuple(e) for e in b.events] for a, b in zip(v1, col, strict=True))
-    report.add(Figure(
-        "worker.decode_columnar.events_per_s", n_events * rounds / seconds["columnar"],
-        "events/s", "v1 decode + record_to_batch", n_events * rounds / seconds["v1"],
-        "", f"{n_events:,} events in {len(records):,} records x {rounds} rounds; "
-            f"same events: {'yes' if same else 'NO'}; columnar bytes "
-            f"{sum(map(len, columnar)) / sum(len(v) for _k, v in records):.2f}x v1"))
-
-
-def vars_of(ev) -> tuple:
-    """The five fields of a ``Syscall`` in order."""
-    return (ev.ts_ns, ev.tid, ev.name, ev.res, ev.arg)
 
 
 def profile_core(records: list, policy, top: int = 14) -> list[dict]:
@@ -450,10 +437,10 @@ def consume_decode_rate(bootstrap: str, topic: str, n_records: int,
     return n_events / (time.perf_counter() - started)
 
 
-def warmup_records() -> list[tuple[bytes, bytes]]:
+def warmup_records(v1: bool = False) -> list[tuple[bytes, bytes]]:
     """A real lab run (a process that exits) under a host named ``warmup``."""
     run = next(r for r in lab_runs() if r["label"] == "sha256sum")
-    records, _ = encode_stream(trace_batches(run, "warmup"))
+    records, _ = encode_stream(trace_batches(run, "warmup"), v1=v1)
     return records
 
 
@@ -485,14 +472,40 @@ class KafkaRun:
     worker_events: object
 
 
+#: CPUs this benchmark could use when it started (pinning narrows its own set).
+_START_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def pin_worker(stack: object, worker_pid: int) -> dict[str, list[int]]:
+    """Give the worker a core of its own: its threads on the last CPU, this
+    benchmark process and the model server on the others (the broker, which
+    this run may not have started, is left where it is). Returns the masks."""
+    cpus = sorted(_START_CPUS)
+    if len(cpus) < 2:
+        return {}
+    own, rest = {cpus[-1]}, set(cpus[:-1])
+    for task in Path(f"/proc/{worker_pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), own)
+    others = [os.getpid()] + [p.pid for n, p in stack.procs.items()  # type: ignore[attr-defined]
+                              if n != "worker" and p.poll() is None]
+    for pid in others:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), rest)
+            except OSError:
+                pass
+    return {"worker": sorted(own), "others": sorted(rest)}
+
+
 def run_kafka(bootstrap: str, records: list, n_events: int, expected: int,
               model_base: Path, variant: str = "current",
               profile_to: Path | None = None) -> KafkaRun:
     """Produce into a warmed-up worker and time it until every verdict is out.
 
     Args:
-        variant: ``current`` runs ``systerns worker``; ``before`` runs it with
-            ``benchmarks.baseline`` swapped in (``benchmarks.worker_process``).
+        variant: ``current`` runs ``systerns worker``; ``before`` and ``head``
+            run it with ``benchmarks.baseline`` swapped in
+            (``benchmarks.worker_process``).
         profile_to: profile the worker's event loop during the timed part.
     """
     from systerns.cli.stack import LocalStack
@@ -511,8 +524,8 @@ def run_kafka(bootstrap: str, records: list, n_events: int, expected: int,
         if variant == "current" and profile_to is None:
             stack.start_worker()
         else:
-            env = stack.env() | {"BENCH_BASELINE": "1" if variant == "before"
-                                 else "0"}
+            env = stack.env() | {"BENCH_BASELINE": {"before": "1", "head": "head"}.get(
+                variant, "0")}
             if profile_to is not None:
                 profile_to.unlink(missing_ok=True)
                 env["BENCH_PROFILE_OUT"] = str(profile_to)
@@ -525,13 +538,16 @@ def run_kafka(bootstrap: str, records: list, n_events: int, expected: int,
         counter = VerdictCounter(bootstrap, stack.topics["verdicts"])
         counter.start()
 
-        produce(settings, warmup_records())
+        produce(settings, warmup_records(v1=variant in ("head", "before")))
         deadline = time.monotonic() + 180
         while counter.warmup == 0:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"worker not ready; see {log_path}")
             time.sleep(0.2)
         time.sleep(1.0)
+        if os.environ.get("BENCH_PIN_WORKER") == "1":
+            pinned = pin_worker(stack, worker.pid)
+            print(f"pinned: {pinned}", file=sys.stderr, flush=True)
         rss_ready, cpu_ready = rss_bytes(worker.pid), thread_cpu(worker.pid)
         if profile_to is not None:
             os.kill(worker.pid, signal.SIGRTMIN)
@@ -574,7 +590,8 @@ def run_kafka(bootstrap: str, records: list, n_events: int, expected: int,
 def measure_kafka(report: Report, bootstrap: str, records: list, n_events: int,
                   model: tuple[Path, str], rounds: int, with_before: bool,
                   traced_per_session: float, big_records: list | None = None,
-                  big_events: int = 0) -> None:
+                  big_events: int = 0, v1_records: list | None = None,
+                  with_head: bool = False) -> None:
     """Current (and baseline) worker through Kafka, alternating, plus reference.
 
     With ``big_records`` (the same events cut into larger records, see
@@ -583,8 +600,13 @@ def measure_kafka(report: Report, bootstrap: str, records: list, n_events: int,
     model_base, model_label = model
     expected, open_sessions = predicted_verdicts(records)
     reference = reference_rate(bootstrap, records, n_events)
-    inputs = {"current": (records, expected), "before": (records, expected)}
+    # The code before P6 reads v1 rows only.
+    old = v1_records if v1_records is not None else records
+    inputs = {"current": (records, expected), "before": (old, expected),
+              "head": (old, expected)}
     variants = ["current", "before"] if with_before else ["current"]
+    if with_head:
+        variants.append("head")
     if big_records:
         inputs["big"] = (big_records, predicted_verdicts(big_records)[0])
         variants.append("big")
@@ -630,6 +652,17 @@ def measure_kafka(report: Report, bootstrap: str, records: list, n_events: int,
         f"{open_sessions:,} sessions open at the end; RSS {last.rss_ready / 1e6:.0f} "
         f"MB when ready, {last.rss_end / 1e6:.0f} MB at the end (upper bound: "
         "includes consumer and producer buffers)"))
+    if with_head:
+        report.add(Figure(
+            "worker_vs_head.kafka.events_per_s", rate("current"), "events/s",
+            "worker before P6 and P11 (HEAD_COMMIT, v1 records, same run)",
+            rate("head"), GOAL_RATE, "head: " + describe("head")))
+        report.add(Figure(
+            "worker_vs_head.kafka.events_per_cpu_s", cpu_rate("current"),
+            "events/cpu-s", "worker before P6 and P11 (same run)",
+            cpu_rate("head"), GOAL_RATE,
+            f"head: worker CPU {sum(x.cpu_s for x in runs['head']):.1f} s, "
+            f"event loop {sum(x.event_loop_cpu_s for x in runs['head']):.1f} s"))
     if with_before:
         report.add(Figure(
             "worker_vs_before.kafka.events_per_s", rate("current"), "events/s",
@@ -705,6 +738,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.worker",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--small", action="store_true", help="a few seconds (CI)")
+    p.add_argument("--pin", action="store_true",
+                   help="through Kafka, give the worker a CPU of its own (the "
+                        "benchmark and model server on the others)")
     p.add_argument("--events", type=int, help="events for the core (default 10M)")
     p.add_argument("--kafka-events", type=int,
                    help="events for the Kafka runs (default: as --events)")
@@ -720,8 +756,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "to N events (e.g. 1024)")
     p.add_argument("--no-before", action="store_true",
                    help="skip the baseline (code before P1-P8) figures")
-    p.add_argument("--no-proposals", action="store_true",
-                   help="skip the columnar schema (P6) figure")
+    p.add_argument("--no-head", action="store_true",
+                   help="skip the figures against HEAD_COMMIT (before P6, P11)")
     p.add_argument("--profile", action="store_true",
                    help="cProfile the core, and the Faust worker on a separate run")
     p.add_argument("--model-wait-s", type=float, default=1800.0,
@@ -732,6 +768,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     require_own_tree()
+    if args.pin:
+        os.environ["BENCH_PIN_WORKER"] = "1"
     quiet_logs()
     small = args.small
     target = args.events or (60_000 if small else 10_000_000)
@@ -748,11 +786,10 @@ def main(argv: list[str] | None = None) -> int:
         "events_per_record": round(n_events / len(records), 1),
         "replica_group": args.group, "recordings_left_out": left_out})
 
+    v1_records = None if args.no_head and args.no_before else as_v1(records)
     current = measure_core(report, records, n_events,
                            args.chunks or (2 if small else 10),
-                           not args.no_before)
-    if not args.no_proposals:
-        measure_columnar(report, records[: 300 if small else 3000])
+                           not args.no_before, v1_records, not args.no_head)
     traced = measure_memory(report, base, args.sessions or (500 if small else 20_000))
     if args.profile:
         from systerns.core.sessions import SessionPolicy
@@ -775,15 +812,24 @@ def main(argv: list[str] | None = None) -> int:
                                            args.record_events))
             report.input["big_records"] = len(big)
         # Each variant starts a model server and a worker: small runs keep one.
+        with_before = not (args.no_before or small)
+        with_head = not (args.no_head or small)
+        kafka_v1 = None
+        if with_before or with_head:
+            kafka_v1 = (v1_records if kafka_records is records and v1_records
+                        else as_v1(kafka_records))
         measure_kafka(report, bootstrap, kafka_records, kafka_n, model,
                       args.kafka_rounds or (1 if small else 2),
-                      not (args.no_before or small), traced, big,
-                      args.record_events or 0)
+                      with_before, traced, big, args.record_events or 0,
+                      kafka_v1, with_head)
         if args.profile:
             part = kafka_records[: max(len(kafka_records) // 4, 1)]
             profile_kafka(report, bootstrap, part, model, "current")
-            if not args.no_before:
-                profile_kafka(report, bootstrap, part, model, "before")
+            old_part = (kafka_v1 or [])[: len(part)]
+            if with_head:
+                profile_kafka(report, bootstrap, old_part, model, "head")
+            if with_before:
+                profile_kafka(report, bootstrap, old_part, model, "before")
     report.emit()
     return 0
 
@@ -792,8 +838,10 @@ def sum_events(records: list[tuple[bytes, bytes]]) -> int:
     """Events in some encoded records."""
     from systerns.schemas.codec import Codec
 
+    from systerns.schemas.records import record_to_batch
+
     decode = Codec("event_batch").decode
-    return sum(len(decode(v)["events"]) for _k, v in records)
+    return sum(len(record_to_batch(decode(v))) for _k, v in records)
 
 
 def predicted_verdicts(records: list[tuple[bytes, bytes]]) -> tuple[int, int]:

@@ -7,7 +7,9 @@ out. The model calls run in executor threads and are not profiled here
 (``benchmarks.model`` measures them).
 
 ``BENCH_BASELINE=1``: the code the hot-path changes replaced
-(``benchmarks.baseline``) is swapped in before the worker starts.
+(``benchmarks.baseline``) is swapped in before the worker starts;
+``BENCH_BASELINE=head``: the worker of ``baseline.HEAD_COMMIT`` (before the
+columnar records and the agent's record steps; feed it v1 records).
 
     BENCH_BASELINE=1 python -m benchmarks.worker_process [worker options]
 """
@@ -39,10 +41,11 @@ def install_profiler(out: str) -> None:
 def main(argv: list[str]) -> int:
     if os.environ.get("BENCH_PROFILE_OUT"):
         install_profiler(os.environ["BENCH_PROFILE_OUT"])
-    if os.environ.get("BENCH_BASELINE") == "1":
+    if os.environ.get("BENCH_BASELINE") in ("1", "head"):
         from benchmarks import baseline
 
-        baseline.apply_for_good("worker")
+        baseline.apply_for_good(
+            "worker" if os.environ["BENCH_BASELINE"] == "1" else "worker-head")
 
     from systerns.cli.worker import main as worker_main
     from systerns.core.logs import configure

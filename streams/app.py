@@ -19,10 +19,15 @@ import os
 from pathlib import Path
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+import faust.streams
 import orjson
 import structlog
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -30,6 +35,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import Counter, Gauge, start_http_server
 
 from systerns.core.detector import Detector, Outcome
+from systerns.core.events import EventBatch
 from systerns.core.errors import InputError, ModelError, ModelUnavailableError
 from systerns.core.sessions import Judgement, Sessionizer, SessionPolicy
 from systerns.core.settings import Settings
@@ -65,6 +71,10 @@ OPEN = Gauge("systerns_worker_open_sessions", "Open sessions on this worker")
 MODEL_RETRIES = Counter("systerns_worker_model_retries_total", "Model call retries")
 
 TICK_INTERVAL_S = 2.0
+#: Event records folded per agent step at most, and how long a step waits for
+#: more before it folds what it has (the latency it adds to a quiet stream).
+TAKE_RECORDS = 256
+TAKE_WITHIN_S = 0.05
 JUDGE_BATCH = 64
 JUDGE_WAIT_S = 0.05
 MAX_SEEN_ALERTS = 100_000
@@ -73,6 +83,17 @@ MAX_BACKOFF_S = 10.0
 TICK_RETENTION_MS = 3_600_000
 #: Key of the tick-topic message saying a closed session's verdict is out.
 DONE_KEY = b"done"
+
+
+def _enter_event(event: faust.types.EventT) -> None:
+    """Make ``event`` the current event of this task.
+
+    Faust writes a table's changelog to the partition of the current event.
+    An agent that takes records in steps (``Stream.take_events``) runs in a
+    task where none is set, so each write group sets the event of its
+    partition, the way Faust's own stream iteration does.
+    """
+    faust.streams._current_event.set(weakref.ref(event))  # noqa: SLF001
 
 
 class CircuitBreaker:
@@ -482,23 +503,50 @@ def create_app(settings: Settings, *, model=None,
         UNACCOUNTED.set(unaccounted(totals))
 
     awaiting = _JsonTable(judging)
+
+    @sessions.on_recover
+    async def sessions_recovered() -> None:
+        store.recovered()
+
+    @judging.on_recover
+    async def judging_recovered() -> None:
+        awaiting.recovered()
+
     # Session ids of final judgements queued or being judged by this process;
     # a session id leaves the set when its ``done`` mark comes back on the tick
     # topic, in the same step that deletes it from the ``judging`` table.
     inflight: set[str] = set()
 
-    async def enqueue(judgements: list[Judgement], *, recovered: bool = False) -> None:
-        """Queue judgements for the model; final ones are kept in ``judging`` first.
+    def keep_final(judgements: list[Judgement]) -> None:
+        """Keep the final judgements in ``judging`` until their verdict is out.
 
-        Must run inside a stream step (on_events or on_tick): Faust writes a
-        table's changelog to the partition of the event being processed.
+        They also count as in flight from here on, so a tick does not recover
+        them while they wait for the queue. Must run inside a stream step (the
+        current event is of the sessions' partition): Faust writes a table's
+        changelog to that event's partition.
         """
         for j in judgements:
             if j.final:
                 sid = j.session["session_id"]
-                if not recovered:
-                    awaiting[sid] = {"trigger": j.trigger, "session": j.session}
+                awaiting[sid] = {"trigger": j.trigger, "session": j.session}
                 inflight.add(sid)
+
+    async def enqueue(judgements: list[Judgement], *, recovered: bool = False,
+                      kept: bool = False) -> None:
+        """Queue judgements for the model; final ones are kept in ``judging`` first.
+
+        Must run inside a stream step (on_events or on_tick): Faust writes a
+        table's changelog to the partition of the event being processed.
+
+        Args:
+            recovered: the judgements come from ``judging`` (kept already).
+            kept: ``keep_final`` has kept them already.
+        """
+        if recovered:
+            inflight.update(j.session["session_id"] for j in judgements if j.final)
+        elif not kept:
+            keep_final(judgements)
+        for j in judgements:
             JUDGED.labels(j.trigger).inc()
             totals["judgements"] += 1
             await pending.put(j)
@@ -507,46 +555,46 @@ def create_app(settings: Settings, *, model=None,
 
     @app.agent(events, name="systerns.on_events")
     async def on_events(stream):
-        async for event in stream.events():
-            msg = event.message
-            where = f"{msg.topic}/{msg.partition}/{msg.offset}"
-            RECORDS_IN.inc()
-            totals["records"] += 1
-            try:
-                batch = record_to_batch(codec.decode(event.value))
-            except InputError as exc:
-                log.warning("record_dead_lettered", reason=exc.reason, where=where)
-                await dead_record(exc.reason, exc.detail, where, event.value)
-                continue
-            except (KeyError, TypeError, ValueError) as exc:
-                await dead_record("bad_record", str(exc), where, event.value)
-                continue
-            BATCHES_IN.inc()
-            EVENTS_IN.inc(len(batch))
-            totals["events"] += len(batch)
-            if store.already_applied(batch.process.key, msg.partition, msg.offset):
-                # Re-consumed after a crash: the changelog holds it already.
-                REPLAYED.inc()
-                totals["records_replayed"] += 1
-                totals["events_replayed"] += len(batch)
-                UNACCOUNTED.set(unaccounted(totals))
-                continue
-            store.offset = msg.offset
-            try:
-                due = sessionizer.ingest(batch, partition=msg.partition,
-                                         wall_ns=time.time_ns())
-            except Exception as exc:  # noqa: BLE001 - accounted, never silent
-                log.error("sessionize_failed", where=where, error=repr(exc))
-                await dead_record("session_error", repr(exc), where, event.value,
-                                  len(batch))
-                continue
-            finally:
-                store.offset = None
-            totals["batches"] += 1
-            totals["events_sessionized"] += len(batch)
-            SESSIONIZED.inc(len(batch))
-            UNACCOUNTED.set(unaccounted(totals))
-            await enqueue(due)
+        # Records come in steps of up to TAKE_RECORDS: a step folds them all,
+        # then writes each session it changed once, instead of once per record.
+        async for taken in stream.take_events(TAKE_RECORDS, within=TAKE_WITHIN_S):
+            await fold_step(taken)
+
+    def to_batch(value: bytes) -> EventBatch:
+        return record_to_batch(codec.decode(value))
+
+    async def fold_step(taken) -> None:
+        """Fold one step of event records into the sessions, then queue what is due.
+
+        Faust acks the step's records after this returns, so the committed
+        offsets never pass a record whose writes are not on the changelog.
+        """
+        step = fold_records(
+            store, sessionizer,
+            [(e.message.partition, e.message.offset, e.value, e) for e in taken],
+            to_batch, keep=keep_final, enter=_enter_event,
+            topic=settings.events_topic)
+        RECORDS_IN.inc(step.records)
+        BATCHES_IN.inc(step.batches)
+        EVENTS_IN.inc(step.events)
+        totals["records"] += step.records
+        totals["events"] += step.events
+        if step.replayed_records:
+            REPLAYED.inc(step.replayed_records)
+            totals["records_replayed"] += step.replayed_records
+            totals["events_replayed"] += step.replayed_events
+        totals["batches"] += step.sessionized_records
+        totals["events_sessionized"] += step.sessionized_events
+        SESSIONIZED.inc(step.sessionized_events)
+        for reason, detail, where, raw, size in step.dead:
+            if reason == "session_error":
+                log.error("sessionize_failed", where=where, error=detail)
+            else:
+                log.warning("record_dead_lettered", reason=reason, where=where)
+            await dead_record(reason, detail, where, raw, size)
+        UNACCOUNTED.set(unaccounted(totals))
+        for _event, judgements in step.due:
+            await enqueue(judgements, kept=True)
 
     @app.agent(ticks, name="systerns.on_tick")
     async def on_tick(stream):
@@ -561,9 +609,19 @@ def create_app(settings: Settings, *, model=None,
                 continue
             await enqueue(recovered_judgements(awaiting, inflight, partition),
                           recovered=True)
-            due = sessionizer.sweep(time.time_ns(), wall=True, partition=partition)
-            OPEN.set(len(sessions))
-            await enqueue(due)
+            # Held and flushed like a step of records: the idle sessions'
+            # finals are kept before their closed stubs, mark and tombstones.
+            store.hold()
+            store.partition = partition
+            try:
+                due = sessionizer.sweep(time.time_ns(), wall=True,
+                                        partition=partition)
+                keep_final(due)
+            finally:
+                store.partition = None
+                store.flush()
+            OPEN.set(len(store))
+            await enqueue(due, kept=True)
 
     @app.timer(interval=TICK_INTERVAL_S, on_leader=True)
     async def send_ticks() -> None:
@@ -695,6 +753,117 @@ def create_app(settings: Settings, *, model=None,
     return app
 
 
+@dataclass(slots=True)
+class FoldStep:
+    """What one agent step did with its records (for the worker's accounts).
+
+    Attributes:
+        due: (token of the record, judgements it made due), in record order.
+        dead: (reason, detail, where, raw value, events) per record refused.
+    """
+
+    records: int = 0
+    batches: int = 0
+    events: int = 0
+    sessionized_records: int = 0
+    sessionized_events: int = 0
+    replayed_records: int = 0
+    replayed_events: int = 0
+    due: list[tuple[Any, list[Judgement]]] = field(default_factory=list)
+    dead: list[tuple[str, str, str, bytes, int]] = field(default_factory=list)
+
+
+def fold_records(store: _JsonTable, sessionizer: Sessionizer,
+                 records: Sequence[tuple[int, int, bytes, Any]],
+                 to_batch: Callable[[bytes], EventBatch], *,
+                 keep: Callable[[list[Judgement]], None],
+                 enter: Callable[[Any], None], topic: str = "events") -> FoldStep:
+    """Fold a step of event records into the sessions; write each changed key once.
+
+    Runs without awaiting, so no other agent sees the held writes. Before the
+    writes are flushed, the step's final judgements are kept (``keep``, the
+    ``judging`` table): a crash in between judges a session again (verdicts
+    are at-least-once), never loses it. A record that may evict a session (the
+    store is at its cap) is folded after a flush of everything before it, so
+    that, replayed from any prefix of the changelog, the same session is the
+    oldest one.
+
+    Args:
+        store: the sessions table.
+        sessionizer: the sessionizer over ``store``.
+        records: (partition, offset, value, token) in consumption order; the
+            token is the Faust event, passed to ``enter``.
+        to_batch: decodes a value (raises ``InputError``, ``KeyError``,
+            ``TypeError`` or ``ValueError`` on bad input).
+        keep: keeps final judgements (called with the record's event entered).
+        enter: makes a record's event the current one (table writes go to its
+            partition).
+        topic: for the ``where`` of dead letters.
+    """
+    out = FoldStep()
+    last: dict[int, Any] = {}
+    kept = 0
+    cap = sessionizer.policy.max_sessions - 1
+
+    def flush(one_record: bool = False) -> None:
+        nonlocal kept
+        for token, judgements in out.due[kept:]:
+            enter(token)
+            keep(judgements)
+        kept = len(out.due)
+        store.flush(lambda partition: enter(last[partition]),
+                    stubs_first=one_record)
+
+    store.hold()
+    try:
+        for partition, offset, value, token in records:
+            out.records += 1
+            try:
+                batch = to_batch(value)
+            except InputError as exc:
+                out.dead.append((exc.reason, exc.detail,
+                                 f"{topic}/{partition}/{offset}", value, 0))
+                continue
+            except (KeyError, TypeError, ValueError) as exc:
+                out.dead.append(("bad_record", str(exc),
+                                 f"{topic}/{partition}/{offset}", value, 0))
+                continue
+            out.batches += 1
+            size = len(batch)
+            out.events += size
+            if store.already_applied(batch.process.key, partition, offset):
+                # Re-consumed after a crash: the changelog holds it already.
+                out.replayed_records += 1
+                out.replayed_events += size
+                continue
+            alone = len(store) >= cap
+            if alone:
+                # The store is full: this record may evict another session.
+                flush()
+                store.hold()
+            last[partition] = token
+            store.offset, store.partition = offset, partition
+            try:
+                judgements = sessionizer.ingest(batch, partition=partition,
+                                                wall_ns=time.time_ns())
+            except Exception as exc:  # noqa: BLE001 - accounted, never silent
+                out.dead.append(("session_error", repr(exc),
+                                 f"{topic}/{partition}/{offset}", value, size))
+                continue
+            finally:
+                store.offset = store.partition = None
+            out.sessionized_records += 1
+            out.sessionized_events += size
+            if judgements:
+                out.due.append((token, judgements))
+            if alone:
+                flush(one_record=True)
+                store.hold()
+    finally:
+        flush()
+    return out
+
+
 def recovered_judgements(awaiting, inflight: set[str],
                          partition: int) -> list[Judgement]:
     """Final judgements of ``partition`` kept in ``judging`` but queued by nobody.
@@ -773,9 +942,20 @@ class _JsonTable:
     table, so in the same changelog partition, after the deletion) up to it.
     After a crash the changelog holds a prefix of these writes, in order, and
     ``already_applied`` tells which re-consumed records that prefix reflects.
+
+    Between ``hold`` and ``flush`` writes stay in memory (every read sees them)
+    and ``flush`` writes each changed key once: a state folded from many
+    records of one agent step costs one changelog message, not one per record.
+    A flush closes a session in three writes: a *closed stub* (``{"closed":
+    true, "offset": ...}``, which every read takes for an absent key but which
+    still says which records the session had), the partition's ``applied``
+    mark, then the tombstone. So every prefix of a flush is a state some
+    replay continues exactly: the states and stubs come first (a record they
+    reflect is skipped), the mark only once they are all written.
     """
 
     MARK = "\x00applied/"
+    CLOSED = "closed"
 
     def __init__(self, table, partitions: int = 1) -> None:
         self.table = table
@@ -783,31 +963,121 @@ class _JsonTable:
         self._cache: dict[str, dict] = {}
         #: Offset of the record being folded, or None outside ``on_events``.
         self.offset: int | None = None
+        #: Partition of the record or tick being handled (where held writes go).
+        self.partition: int | None = None
+        #: Held writes: key -> (changelog partition, state, or a closed stub).
+        self._held: dict[str, tuple[int, dict]] | None = None
+        #: Sessions the held writes add to the table (negative: remove).
+        self._held_size = 0
+        #: Keys holding a closed stub in the table (left by a crash mid-flush).
+        self._stubs: set[bytes] = set()
+
+    def recovered(self) -> None:
+        """Re-read the table after changelog recovery (a start or a rebalance).
+
+        Drops the decoded states (the table is the authority) and finds the
+        closed stubs that a crash between a stub and its tombstone left, so
+        they are not counted as open sessions.
+        """
+        self._cache.clear()
+        prefix = b'{"%s":' % self.CLOSED.encode()
+        self._stubs = {k for k, v in list(self.table.items())
+                       if bytes(v).startswith(prefix)}
+        if self._stubs:
+            log.info("closed_stubs_recovered", stubs=len(self._stubs))
 
     def already_applied(self, key: str, partition: int, offset: int) -> bool:
         """Whether the record at ``offset`` of ``partition`` is in the state already."""
-        state = self.get(key)
+        state = self._load(key)
         if state is not None and state.get("offset", -1) >= offset:
             return True
-        mark = self.get(f"{self.MARK}{partition}")
+        mark = self._load(f"{self.MARK}{partition}")
         return mark is not None and offset <= mark["offset"]
 
     def _mark(self, partition: int, offset: int) -> None:
         key = f"{self.MARK}{partition}"
-        mark = self.get(key)
+        mark = self._load(key)
         if mark is None or offset > mark["offset"]:
             self._cache[key] = {"offset": offset}
+            if self._held is not None:
+                self._held[key] = (self._held_partition(), {"offset": offset})
+                return
             self.table[key.encode()] = orjson.dumps({"offset": offset})
 
-    def get(self, key: str, default=None):
+    def hold(self) -> None:
+        """Keep writes in memory until ``flush``; reads see them meanwhile."""
+        if self._held is None:
+            self._held, self._held_size = {}, 0
+
+    def _held_partition(self) -> int:
+        if self.partition is None:
+            raise RuntimeError("held table write outside a record or tick")
+        return self.partition
+
+    def flush(self, enter: Callable[[int], None] | None = None, *,
+              stubs_first: bool = False) -> int:
+        """Write the held changes; returns how many keys were written.
+
+        Per changelog partition: the states and closed stubs, the ``applied``
+        mark, then the tombstones of the stubs.
+
+        Args:
+            enter: called with each changelog partition before its writes (the
+                worker makes an event of that partition the current one, which
+                is where Faust sends a table's changelog).
+            stubs_first: the stubs before the states (the held writes are of
+                one record that may have evicted another session: a prefix
+                that skips the record then has the eviction too).
+        """
+        held, self._held, self._held_size = self._held, None, 0
+        if not held:
+            return 0
+        groups: dict[int, tuple[list, list, list]] = {}
+        for key, (partition, value) in held.items():
+            states, stubs, marks = groups.setdefault(partition, ([], [], []))
+            if key.startswith(self.MARK):
+                marks.append((key, value))
+            elif self.CLOSED in value:
+                stubs.append((key, value))
+            else:
+                states.append((key, value))
+        table = self.table
+        for partition in sorted(groups):
+            states, stubs, marks = groups[partition]
+            if enter is not None:
+                enter(partition)
+            # A session opened and closed inside the held writes was never in
+            # the table: the mark alone covers its records.
+            stubs = [(k, v) for k, v in stubs if k.encode() in table]
+            for key, value in (stubs + states if stubs_first else states + stubs):
+                table[key.encode()] = orjson.dumps(value)
+            for key, value in marks:
+                table[key.encode()] = orjson.dumps(value)
+            for key, _value in stubs:
+                del table[key.encode()]
+            if self._stubs:
+                self._stubs.difference_update(k.encode() for k, _v in states + stubs)
+        return len(held)
+
+    def _load(self, key: str) -> dict | None:
+        """The stored value of a key, closed stubs included."""
+        held = self._held
+        if held is not None and key in held:
+            return held[key][1]
         kb = key.encode()
         if kb not in self.table:
             self._cache.pop(key, None)
-            return default
+            return None
         state = self._cache.get(key)
         if state is None:
             state = orjson.loads(self.table[kb])
             self._cache[key] = state
+        return state
+
+    def get(self, key: str, default=None):
+        state = self._load(key)
+        if state is None or self.CLOSED in state:
+            return default
         return state
 
     def __getitem__(self, key: str):
@@ -819,30 +1089,53 @@ class _JsonTable:
     def __setitem__(self, key: str, value: dict) -> None:
         if self.offset is not None and self.offset > value.get("offset", -1):
             value["offset"] = self.offset
+        if self._held is not None:
+            if key not in self:
+                self._held_size += 1
+            self._held[key] = (self._held_partition(), value)
+            self._cache[key] = value
+            return
         self._cache[key] = value
-        self.table[key.encode()] = orjson.dumps(value)
+        kb = key.encode()
+        self.table[kb] = orjson.dumps(value)
+        if self._stubs:
+            self._stubs.discard(kb)
 
     def __delitem__(self, key: str) -> None:
-        state = self.get(key) or {}
-        self._cache.pop(key, None)
-        del self.table[key.encode()]
+        state = self.get(key)
+        if state is None:
+            raise KeyError(key)
         done = max(state.get("offset", -1),
                    -1 if self.offset is None else self.offset)
+        if self._held is not None:
+            self._held[key] = (self._held_partition(),
+                               {self.CLOSED: True, "offset": done})
+            self._cache.pop(key, None)
+            self._held_size -= 1
+        else:
+            self._cache.pop(key, None)
+            del self.table[key.encode()]
         if done >= 0 and "partition" in state:
             self._mark(state["partition"], done)
 
     def __contains__(self, key: str) -> bool:
-        return key.encode() in self.table
+        return self.get(key) is not None
 
     def __len__(self) -> int:
         # O(partitions), not O(sessions): the store's cap is checked often.
         marks = sum(1 for p in range(self.partitions)
                     if f"{self.MARK}{p}".encode() in self.table)
-        return len(self.table) - marks
+        return len(self.table) - marks - len(self._stubs) + self._held_size
 
     def keys(self):
-        return [k.decode() for k in list(self.table.keys())
-                if not k.startswith(b"\x00")]
+        owned = [k.decode() for k in list(self.table.keys())
+                 if not k.startswith(b"\x00")]
+        held = self._held
+        if held:
+            table = self.table
+            owned += [k for k in held if not k.startswith(self.MARK)
+                      and k.encode() not in table]
+        return [k for k in owned if k in self]
 
     def items(self):
         owned = self.keys()

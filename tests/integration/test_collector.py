@@ -14,6 +14,7 @@ from systerns.core.settings import Settings
 from systerns.producers.publisher import Publisher
 from systerns.producers.sysdig import ReadStats, read_lines
 from systerns.schemas.codec import Codec
+from systerns.schemas.records import record_to_batch
 from tests.conftest import consume_all
 
 pytestmark = pytest.mark.integration
@@ -49,7 +50,7 @@ def test_capture_is_published_whole_and_keyed_by_process(broker, topics, scap_di
         assert m.key().decode() == f"{rec['host']}/{rec['container_id']}/{rec['pid']}"
         assert rec["host"] == "node-a"
         partitions_by_key[m.key()].add(m.partition())
-        events += len(rec["events"])
+        events += len(record_to_batch(rec))
     assert events == pub["events_sent"]
     assert all(len(p) == 1 for p in partitions_by_key.values())
     assert len({p for ps in partitions_by_key.values() for p in ps}) > 1

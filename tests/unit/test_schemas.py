@@ -99,3 +99,59 @@ def test_out_of_range_integers_still_encode():
     codec = Codec("event_batch")
     back = record_to_batch(codec.decode(codec.encode(batch_to_record(batch))))
     assert [e.res for e in back.events] == [-12, 2**63 - 1]
+
+
+def _real_batches(scap_dir) -> list:
+    from systerns.core.events import EventBatch
+    from systerns.producers.sysdig import read_capture
+
+    return [b for b in read_capture(scap_dir / "falco/psp_run_as_user_0_container.scap",
+                                    "schema-node") if isinstance(b, EventBatch)]
+
+
+def test_event_batches_travel_as_arrays_and_both_layouts_decode(scap_dir, sysdig):
+    """v2 writes the columnar arrays; v1 messages (older collectors) still decode."""
+    import io
+
+    import fastavro
+
+    from systerns.schemas.records import (
+        batch_to_record,
+        batch_to_record_v1,
+        record_to_batch,
+    )
+
+    batches = _real_batches(scap_dir)
+    assert sum(len(b) for b in batches) > 100
+    new, old = Codec("event_batch"), Codec("event_batch", version=1)
+    assert new.writer.version == 2
+    v1, v2 = versions("event_batch")[0], versions("event_batch")[1]
+    for batch in batches:
+        rec = batch_to_record(batch)
+        assert rec["events"] == [] and len(rec["name"]) == len(batch)
+        assert record_to_batch(new.decode(new.encode(rec))) == batch
+        data = old.encode(batch_to_record_v1(batch))
+        assert data[2:10] == v1.fingerprint
+        decoded = new.decode(data)
+        # The shortcut for added fields gives what schema resolution gives.
+        assert decoded == fastavro.schemaless_reader(io.BytesIO(data[10:]),
+                                                     v1.parsed, v2.parsed)
+        assert record_to_batch(decoded) == batch
+
+
+@pytest.mark.parametrize("change", ["short_column", "both_layouts"])
+def test_inconsistent_columns_are_refused(change):
+    from systerns.core.events import EventBatch, ProcessInfo, Syscall
+    from systerns.schemas.records import batch_to_record, record_to_batch
+
+    batch = EventBatch(ProcessInfo("h", "c", 1, 0, "x", "x", "x"),
+                       (Syscall(1, 1, "openat", 3, "/etc/passwd"),
+                        Syscall(2, 1, "read", 10, "")))
+    rec = batch_to_record(batch)
+    if change == "short_column":
+        rec["arg"] = rec["arg"][:1]
+    else:
+        rec["events"] = [{"ts_ns": 1, "tid": 1, "name": "read", "res": 0, "arg": ""}]
+    codec = Codec("event_batch")
+    with pytest.raises(ValueError):
+        record_to_batch(codec.decode(codec.encode(rec)))
