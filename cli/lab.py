@@ -2,8 +2,9 @@
 
 Records common commands with varied arguments, renamed copies of some,
 CPU-heavy benign hard negatives, the real XMRig miner in benchmark mode and the
-lab's own C miner against a fake pool (each inside its own network namespace),
-and the held-out Kinsing-like family, then writes ``manifest.json`` (runs,
+lab's own C and Node miners against a fake pool (each inside its own network
+namespace), long-running benign services in five runtimes, and the held-out
+Kinsing-like family, then writes ``manifest.json`` (runs,
 labels, hashes, tool versions, split by run).
 """
 
@@ -17,9 +18,12 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     from systerns.lab.recorder import (
         CMINER_RUNS,
+        DAEMON_RUNS,
         HARD_RUNS_PER_VARIANT,
+        JSMINER_RUNS,
         MINER_RUNS,
         RUNS_PER_COMMAND,
+        add_to_corpus,
         build_corpus,
         default_corpus_dir,
     )
@@ -33,6 +37,13 @@ def main(argv: list[str]) -> int:
                    help="runs of the real XMRig (benchmark mode)")
     p.add_argument("--cminer-runs", type=int, default=CMINER_RUNS,
                    help="runs of the lab's own C miner")
+    p.add_argument("--jsminer-runs", type=int, default=JSMINER_RUNS,
+                   help="runs of the lab's own Node miner")
+    p.add_argument("--daemon-runs", type=int, default=DAEMON_RUNS,
+                   help="runs of each long-running lab service (0: none)")
+    p.add_argument("--add", action="store_true",
+                   help="record only the services and the Node miner into the "
+                        "existing corpus at --out (other runs are kept)")
     p.add_argument("--no-miner", action="store_true")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=2)
@@ -41,11 +52,18 @@ def main(argv: list[str]) -> int:
     def progress(done: int, total: int, run_id: str = "", *_: object) -> None:
         print(f"lab: {done}/{total} {run_id}", file=sys.stderr, flush=True)
 
+    if args.add:
+        print(add_to_corpus(args.out, daemon_runs=args.daemon_runs,
+                            jsminer_runs=0 if args.no_miner else args.jsminer_runs,
+                            workers=args.workers, progress=progress))
+        return 0
     manifest = build_corpus(args.out, runs_per_command=args.runs_per_command,
                             include_miner=not args.no_miner, seed=args.seed,
                             workers=args.workers, progress=progress,
                             hard_runs_per_variant=args.hard_runs,
                             miner_runs=args.miner_runs,
-                            cminer_runs=args.cminer_runs)
+                            cminer_runs=args.cminer_runs,
+                            daemon_runs=args.daemon_runs,
+                            jsminer_runs=args.jsminer_runs)
     print(manifest)
     return 0

@@ -56,6 +56,11 @@ GAP_CLASS: dict[str, str] = {
     "read": "r", "pread": "r", "readv": "r",
 }
 _GAP_CLASSES = "bcr"
+#: A thread's gap longer than this is not counted in the gap state at all: it is
+#: a hole in what was observed (the collector was down, or two captures of one
+#: host were published one after the other), not time the thread spent
+#: computing or waiting. Lab recordings never have one (runs last <= 20 s).
+MAX_OBSERVED_GAP_NS = 60 * 1_000_000_000
 #: Gap class index of a syscall family (``c``, 1, for any other).
 _GAP_INDEX: dict[str, int] = {n: _GAP_CLASSES.index(c) for n, c in GAP_CLASS.items()}
 #: State keys of the gap histogram, class-major: ``b0``..``b11``, ``c0``.., ``r0``..
@@ -364,6 +369,7 @@ def _add_events(state: dict, events: Sequence[Syscall]) -> int:
     io_n = [0] * (2 * SHAPE_BUCKETS)
     io_b = [0, 0]
     gap_index, io_index, top_bucket = _GAP_INDEX, _IO_INDEX, _TOP_BUCKET
+    max_gap = MAX_OBSERVED_GAP_NS
     nb = SHAPE_BUCKETS
     seen_tids = set(tids)
     pair_keys = _BIGRAM_KEYS
@@ -399,14 +405,15 @@ def _add_events(state: dict, events: Sequence[Syscall]) -> int:
             pt = t_last.get(stid)
             if pt is not None:
                 gap = ts - pt if ts > pt else 0
-                gb = (gap >> 10).bit_length() >> 1
-                if gb > top_bucket:
-                    gb = top_bucket
-                gc = gap_index.get(prev, 1)
-                gap_n[gc * nb + gb] += 1
-                class_ns[gc] += gap
-                if gc:
-                    gap_t[gb] += gap
+                if gap <= max_gap:
+                    gb = (gap >> 10).bit_length() >> 1
+                    if gb > top_bucket:
+                        gb = top_bucket
+                    gc = gap_index.get(prev, 1)
+                    gap_n[gc * nb + gb] += 1
+                    class_ns[gc] += gap
+                    if gc:
+                        gap_t[gb] += gap
             t_last[stid] = ts
         elif len(last) < MAX_TRACKED_TIDS:
             last[stid] = name

@@ -139,10 +139,7 @@ def plan_cminer_runs(
         seed: RNG seed for every varied setting.
     """
     rng = random.Random(seed * 104729 + 3)  # noqa: S311 - seeded for reproducible lab data, not for security
-    run_dir = sb.root / "cminer"
-    run_dir.mkdir(exist_ok=True)
-    (run_dir / "pool.py").write_text(POOL_SCRIPT)
-    (run_dir / "harness.sh").write_text(_HARNESS)
+    run_dir = pool_run_dir(sb, "cminer")
     runs = []
     for i in range(n_runs):
         name = RUN_NAMES[i % len(RUN_NAMES)]
@@ -177,11 +174,32 @@ def plan_cminer_runs(
     return runs
 
 
-def record_cminer_run(run: CminerRun, traces: Path) -> dict:
-    """Record one run (``unshare -n`` harness, the miner under strace).
+def pool_run_dir(sb: Sandbox, name: str) -> Path:
+    """``<sandbox>/<name>`` with the fake pool and the netns harness in it."""
+    run_dir = sb.root / name
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "pool.py").write_text(POOL_SCRIPT)
+    (run_dir / "harness.sh").write_text(_HARNESS)
+    return run_dir
+
+
+def record_cminer_run(
+    run: CminerRun,
+    traces: Path,
+    *,
+    label: str = CMINER_LABEL,
+    implementation: str = "lab C miner (labminer.c)",
+) -> dict:
+    """Record one run of a pool miner (``unshare -n`` harness, the miner under strace).
+
+    Args:
+        run: the planned run (its ``cwd`` comes from ``pool_run_dir``).
+        traces: the corpus's trace folder.
+        label: the miner's label (the C miner's unless told).
+        implementation: what the manifest says the miner is.
 
     Returns:
-        Its manifest entry (label ``labminer``, malicious).
+        Its manifest entry (malicious).
 
     Raises:
         SourceError: a needed program is missing or no trace was written.
@@ -203,20 +221,20 @@ def record_cminer_run(run: CminerRun, traces: Path) -> dict:
                                    run_id=run.run_id)
     return {
         "run_id": run.run_id,
-        "label": CMINER_LABEL,
+        "label": label,
         "malicious": True,
         "variant": run.variant,
         "argv": list(run.argv),
         "argv0": None,
         "shown_name": run.name,
-        "renamed": run.name != CMINER_LABEL,
-        "rename_kind": "copy" if run.name != CMINER_LABEL else "",
+        "renamed": run.name != label,
+        "rename_kind": "copy" if run.name != label else "",
         "netns": True,
         "lang": False,
         "cwd": str(run.cwd),
         "stdin": None,
         "timeout_s": run.seconds,
     } | trace_facts(trace, traces, done.returncode, duration_s) | {
-        "miner": {"implementation": "lab C miner (labminer.c)",
+        "miner": {"implementation": implementation,
                   "pool_job_every_s": run.job_every_s},
     }

@@ -37,6 +37,19 @@ log = structlog.get_logger(__name__)
 
 LAB_HOST = "lab"
 CHUNK_EVENTS = 32
+#: Mid-life views: every run is replayed a second time without the start of
+#: its labelled program (``MIDLIFE_SHARE`` of its life, at most
+#: ``MIDLIFE_SKIP_S`` seconds), as a worker meets a process that was already
+#: running when its collector started (the normal case on a node: daemons and
+#: miners started long before, and any command may be half done). Benign and
+#: malicious runs alike, so a missing start says nothing about the label. Its
+#: snapshots are never final. XMRig's benchmark runs get none: without a pool
+#: their steady state is threads hashing with no syscall at all, which is not
+#: what a mining XMRig does (it talks to its pool) and, seen through syscalls,
+#: is an idle daemon.
+MIDLIFE_SKIP_S = 3.0
+MIDLIFE_NONE = frozenset({"xmrig"})
+MIDLIFE_SHARE = 0.4
 _SYSTEM_BIN_DIRS = ("/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/", "/usr/local/bin/")
 
 
@@ -173,6 +186,7 @@ def iter_sessions(
     runs: list[dict] | None = None,
     policy: SessionPolicy | None = None,
     chunk_events: int = CHUNK_EVENTS,
+    midlife: bool = True,
 ) -> Iterator[dict]:
     """Labelled session snapshots of every run, for training and evaluation.
 
@@ -184,12 +198,14 @@ def iter_sessions(
         runs: already loaded runs (skips ``load_corpus``).
         policy: a full policy, overriding ``window_s``.
         chunk_events: events per slice fed to the sessionizer.
+        midlife: also yield each run's mid-life view (``MIDLIFE_SHARE``).
 
     Yields:
         Dicts with ``run_id``, ``split``, ``label``, ``malicious``, ``role``
         (``main``/``child``), ``trigger`` (``running``, ``exit``, ``exec``,
-        ``end``), ``final`` and ``session`` (a copy of the state, ready for
-        ``core.features.vectorize``).
+        ``end``), ``final``, ``view`` (``full`` or ``midlife``; mid-life
+        snapshots are never final) and ``session`` (a copy of the state, ready
+        for ``core.features.vectorize``).
     """
     programs = load_manifest(corpus_dir).get("programs", {})
     if runs is None:
@@ -198,21 +214,57 @@ def iter_sessions(
     for run in runs:
         if split is not None and run.get("split") != split:
             continue
-        sz = Sessionizer({}, pol)
-        for batch in run["batches"]:
-            for i in range(0, len(batch.events), chunk_events):
-                part = (
-                    batch
-                    if len(batch.events) <= chunk_events
-                    else EventBatch(
-                        batch.process, batch.events[i : i + chunk_events], batch.source
-                    )
+        yield from _replay(run, run["batches"], pol, chunk_events, programs, "full")
+        cut = _midlife_cut(run) if midlife else None
+        if cut is not None:
+            later = [
+                EventBatch(b.process, kept, b.source)
+                for b in run["batches"]
+                if (kept := tuple(e for e in b.events if e.ts_ns >= cut))
+            ]
+            yield from _replay(run, later, pol, chunk_events, programs, "midlife")
+
+
+def _midlife_cut(run: dict) -> int | None:
+    """Event time from which the mid-life view starts; None without a start."""
+    start = int(run.get("main_exec_ts_ns") or 0)
+    if not start or run.get("label") in MIDLIFE_NONE:
+        return None
+    last = max(
+        (b.events[-1].ts_ns for b in run["batches"]
+         if b.events and b.process.pid == run["main_pid"]),
+        default=0,
+    )
+    if last <= start:
+        return None
+    return start + int(min(MIDLIFE_SKIP_S * 1e9, (last - start) * MIDLIFE_SHARE))
+
+
+def _replay(
+    run: dict,
+    batches: list[EventBatch],
+    pol: SessionPolicy,
+    chunk_events: int,
+    programs: dict,
+    view: str,
+) -> Iterator[dict]:
+    sz = Sessionizer({}, pol)
+    for batch in batches:
+        for i in range(0, len(batch.events), chunk_events):
+            part = (
+                batch
+                if len(batch.events) <= chunk_events
+                else EventBatch(
+                    batch.process, batch.events[i : i + chunk_events], batch.source
                 )
-                yield from _labelled(run, sz.ingest(part), programs)
-        yield from _labelled(run, sz.flush(), programs)
+            )
+            yield from _labelled(run, sz.ingest(part), programs, view)
+    yield from _labelled(run, sz.flush(), programs, view)
 
 
-def _labelled(run: dict, judgements: list[Judgement], programs: dict) -> Iterator[dict]:
+def _labelled(
+    run: dict, judgements: list[Judgement], programs: dict, view: str = "full"
+) -> Iterator[dict]:
     for j in judgements:
         label, role = label_session(run, j.session, programs)
         if not label:
@@ -224,6 +276,7 @@ def _labelled(run: dict, judgements: list[Judgement], programs: dict) -> Iterato
             "malicious": bool(run["malicious"]) if role == "main" else False,
             "role": role,
             "trigger": j.trigger,
-            "final": j.final,
+            "final": j.final and view == "full",
+            "view": view,
             "session": _copy_state(j.session),
         }

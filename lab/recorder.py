@@ -60,6 +60,13 @@ from systerns.lab.miner import (
     hugepages_restored,
     plan_miner_runs,
 )
+from systerns.lab.daemons import build_daemons, plan_daemon_runs, served_names
+from systerns.lab.jsminer import (
+    JSMINER_LABEL,
+    find_node,
+    plan_jsminer_runs,
+    record_jsminer_run,
+)
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
 from systerns.lab.server import lab_http_server
 from systerns.lab.tracefile import trace_facts
@@ -78,7 +85,11 @@ MINER_RUNS = 32
 #: Runs of the lab's C miner (``lab.cminer``) in the default corpus.
 CMINER_RUNS = 200
 #: Labels of the training miners (the held-out family is not one of them).
-MINER_LABELS = frozenset({MINER_LABEL, CMINER_LABEL})
+MINER_LABELS = frozenset({MINER_LABEL, CMINER_LABEL, JSMINER_LABEL})
+#: Runs of each lab service (``lab.daemons``; half as many of dbus-daemon).
+DAEMON_RUNS = 24
+#: Runs of the lab's Node miner.
+JSMINER_RUNS = 72
 #: Runs of the held-out attack family (``lab.kinsing``) in the default corpus.
 FAMILY_RUNS = 6
 Progress = Callable[[int, int, str], None]
@@ -290,6 +301,8 @@ def build_corpus(
     family_runs: int | None = None,
     hard_runs_per_variant: int = HARD_RUNS_PER_VARIANT,
     cminer_runs: int | None = None,
+    daemon_runs: int = DAEMON_RUNS,
+    jsminer_runs: int | None = None,
 ) -> Path:
     """Record the lab corpus into ``out_dir`` and write its manifest.
 
@@ -308,6 +321,9 @@ def build_corpus(
         hard_runs_per_variant: runs of each hard-negative variant (0: none).
         cminer_runs: runs of the lab's C miner; ``CMINER_RUNS`` when None and
             the miner is included, else none.
+        daemon_runs: runs of each lab service (``lab.daemons``; 0: none).
+        jsminer_runs: runs of the lab's Node miner; ``JSMINER_RUNS`` when None
+            and the miner is included, else none.
 
     Returns:
         The manifest's path.
@@ -415,6 +431,12 @@ def build_corpus(
             if progress is not None:
                 progress(len(results), total, spec.run_id)
 
+    n_js = (JSMINER_RUNS if include_miner else 0) if jsminer_runs is None else jsminer_runs
+    extra, extra_info = record_extra_runs(
+        sb, out_dir / "cache", traces, daemon_runs=daemon_runs,
+        jsminer_runs=n_js, seed=seed, workers=workers,
+    )
+    results += extra
     assign_splits(results, seed)
     n_family = (
         (FAMILY_RUNS if include_miner else 0) if family_runs is None else family_runs
@@ -437,6 +459,7 @@ def build_corpus(
         "tool_versions": tool_versions(programs),
         "miner": miner_info,
         "cminer": cminer_info,
+        **extra_info,
         "hard_runs_per_variant": hard_runs_per_variant,
         "counts": _counts(results),
         "benign_wall_s": round(benign_wall_s, 1),
@@ -455,4 +478,121 @@ def build_corpus(
         test_runs=n_test,
         wall_s=round(wall_s, 1),
     )
+    return path
+
+
+def record_extra_runs(
+    sb: Sandbox,
+    cache: Path,
+    traces: Path,
+    *,
+    daemon_runs: int,
+    jsminer_runs: int,
+    seed: int,
+    workers: int,
+    progress: Progress | None = None,
+) -> tuple[list[dict], dict]:
+    """Record the lab services (hard negatives) and the Node miner runs.
+
+    Returns:
+        Their manifest entries (no split yet) and the manifest's provenance
+        keys (``daemons``, ``jsminer``) for what was recorded.
+
+    Raises:
+        SourceError: the Node miner was asked for and node is missing,
+            ``unshare -n`` fails, or a service does not build.
+    """
+    specs: list[RunSpec] = []
+    info: dict = {}
+    if daemon_runs > 0:
+        programs, built = build_daemons(cache)
+        specs = plan_daemon_runs(sb, programs, runs_per_runtime=daemon_runs, seed=seed)
+        info["daemons"] = built | {"runtimes": ",".join(sorted(programs))}
+    js: list[CminerRun] = []
+    if jsminer_runs > 0:
+        if not check_netns():
+            raise SourceError("`unshare -n` does not work here; the miner never "
+                              "runs with network access")
+        node, info["jsminer"] = find_node()
+        js = plan_jsminer_runs(sb, node, n_runs=jsminer_runs, seed=seed)
+    total = len(specs) + len(js)
+    out: list[dict] = []
+
+    def one(spec: RunSpec | CminerRun) -> dict | None:
+        try:
+            if isinstance(spec, CminerRun):
+                return record_jsminer_run(spec, traces)
+            return _record_run(spec, sb, traces, keep_work=False)
+        except SourceError as exc:
+            log.error("lab_run_failed", run_id=spec.run_id, error=str(exc))
+            return None
+
+    todo: list[RunSpec | CminerRun] = _interleave(list(specs), list(js))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for spec, res in zip(todo, pool.map(one, todo), strict=True):
+            if res is not None:
+                out.append(res)
+            if progress is not None:
+                progress(len(out), total, spec.run_id)
+    return out, info
+
+
+def add_to_corpus(
+    out_dir: Path,
+    *,
+    daemon_runs: int = DAEMON_RUNS,
+    jsminer_runs: int = JSMINER_RUNS,
+    workers: int = 2,
+    progress: Progress | None = None,
+) -> Path:
+    """Record the services and the Node miner into an existing corpus.
+
+    The runs already in the manifest and their traces stay as they are; runs
+    of the kinds recorded now (services when ``daemon_runs``, Node miner when
+    ``jsminer_runs``) that an earlier addition made are replaced. New runs get their split
+    from ``assign_splits`` with the corpus's seed (per label, so the splits of
+    existing labels do not move). The manifest says which build added what.
+
+    Raises:
+        SourceError: no manifest in ``out_dir``, or a recording failed as in
+            ``record_extra_runs``.
+    """
+    out_dir = Path(out_dir).absolute()
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        raise SourceError(f"no corpus manifest in {out_dir}; run `systerns lab` first")
+    manifest = json.loads(path.read_text())
+    seed = int(manifest["seed"])
+    sb = Sandbox(out_dir / "sandbox")
+    sb.served = served_names(sb.www)
+    if not sb.served:
+        raise SourceError(f"{sb.www} has no served files; rebuild the corpus")
+    t0 = time.monotonic()
+    new, info = record_extra_runs(
+        sb, out_dir / "cache", out_dir / "traces", daemon_runs=daemon_runs,
+        jsminer_runs=jsminer_runs, seed=seed, workers=workers, progress=progress,
+    )
+    assign_splits(new, seed)
+    new_ids = {r["run_id"] for r in new}
+    replaced = tuple(prefix for prefix, n in (("daemon-", daemon_runs),
+                                              (f"{JSMINER_LABEL}-", jsminer_runs))
+                     if n > 0)
+    kept = [r for r in manifest["runs"]
+            if r["run_id"] not in new_ids
+            and not (replaced and r["run_id"].startswith(replaced))]
+    manifest["runs"] = kept + new
+    manifest.update(info)
+    manifest["counts"] = _counts(manifest["runs"])
+    manifest.setdefault("additions", []).append({
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "daemon_runs": daemon_runs,
+        "jsminer_runs": jsminer_runs,
+        "runs": len(new),
+        "wall_s": round(time.monotonic() - t0, 1),
+    })
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=True))
+    tmp.replace(path)
+    log.info("lab_corpus_extended", manifest=str(path), runs=len(new),
+             wall_s=round(time.monotonic() - t0, 1))
     return path

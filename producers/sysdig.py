@@ -38,7 +38,7 @@ FIELDS = (
     "evt.num", "evt.rawtime", "evt.type", "evt.dir", "evt.rawres",
     "proc.pid", "proc.ppid", "thread.tid", "proc.name", "proc.exe",
     "proc.exepath", "proc.cmdline", "container.id", "container.image",
-    "fd.name", "evt.args",
+    "fd.name", "evt.args", "evt.latency",
 )
 # The leading "*" makes sysdig print events that lack some of the fields (null);
 # without it, sysdig silently skips them.
@@ -49,6 +49,9 @@ ENTER_ONLY = frozenset({"procexit"})
 #: enter-only events. sysdig then never formats the enter halves as JSON (most of
 #: its own time) and the reader never parses them; the batches are the same.
 SYSDIG_FILTER = "evt.dir=< or evt.type in ({})".format(", ".join(sorted(ENTER_ONLY)))
+#: Longest wait inside one syscall taken from ``evt.latency`` (a larger value
+#: is not trusted and the exit time is kept).
+MAX_LATENCY_NS = 3600 * 1_000_000_000
 MAX_STR = 4096
 MAX_LINE_BYTES = 1 << 20
 BATCH_MAX_EVENTS = 256
@@ -174,6 +177,14 @@ def parse_line(line: bytes | str, host: str) -> tuple[ProcessInfo, Syscall] | No
     except ValueError as exc:
         raise UnknownEventError("unknown_event", str(exc), line) from exc
     ts = _int(obj, "evt.rawtime", required=True)
+    if direction == "<":
+        # An exit event is stamped when the call returns; strace stamps a call
+        # when it starts. Step back by the call's latency so that both sources
+        # give the same gaps: time blocked in a wait stays after the wait
+        # instead of landing after whatever the thread did before it.
+        latency = _int(obj, "evt.latency")
+        if 0 < latency <= min(MAX_LATENCY_NS, ts):
+            ts -= latency
     pid = _int(obj, "proc.pid", required=True)
     tid = _int(obj, "thread.tid") or pid
     arg = ""

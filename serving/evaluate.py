@@ -577,6 +577,7 @@ def evaluate(
     metrics["held_out_family"] = score_held_out_family(model, family_runs, ngram)
     if captures:
         metrics["captures"] = score_captures(model_dir, captures)
+        metrics["captures_merged"] = score_captures(model_dir, captures, merged=True)
         metrics["captures_baselines"] = score_captures_baselines(captures, ngram)
     log.info(
         "evaluation_done",
@@ -626,17 +627,21 @@ def _fit_baselines(
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The metrics without the bulky per-session and per-cell parts."""
     out = {k: v for k, v in metrics.items() if k not in ("confusion_runs",)}
-    if "captures" in out:
-        caps = out["captures"]
-        out["captures"] = {k: v for k, v in caps.items() if k != "captures"} | {
-            "errors": {n: c["error"] for n, c in caps["captures"].items() if c["error"]}
-        }
+    for key in ("captures", "captures_merged"):
+        if key in out:
+            caps = out[key]
+            out[key] = {k: v for k, v in caps.items() if k != "captures"} | {
+                "errors": {n: c["error"] for n, c in caps["captures"].items()
+                           if c["error"]}
+            }
     for m in out.get("baselines", {}).values():
         m.pop("confusion_runs", None)
     return out
 
 
-def score_captures(model_dir: Path, captures: list[Path]) -> dict[str, Any]:
+def score_captures(
+    model_dir: Path, captures: list[Path], *, merged: bool = False
+) -> dict[str, Any]:
     """Judge every session of sysdig capture files as the worker would.
 
     Each capture is read with ``producers.sysdig``, sessionized with the default
@@ -646,10 +651,17 @@ def score_captures(model_dir: Path, captures: list[Path]) -> dict[str, Any]:
     Args:
         model_dir: a version folder, or ``<base>/<name>`` for the newest version.
         captures: ``.scap`` files; unreadable ones are reported, not raised.
+        merged: read every capture as one host's stream, in the order given,
+            through one sessionizer (what the worker does when one collector
+            publishes them, as the demo's does): a process seen in several
+            captures of the same machine becomes one session, with the time
+            between the captures inside it. Otherwise each capture is judged
+            on its own.
 
     Returns:
-        ``max_malicious``, ``alerts`` (by reason) and, per capture, its judged
-        sessions (name, trigger, events, behaves_like, confidence, malicious).
+        ``max_malicious``, ``alerts`` (by reason) and, per capture (or once,
+        under ``merged``), its judged sessions (name, trigger, events,
+        behaves_like, confidence, malicious).
     """
     from systerns.core.detector import Detector
     from systerns.core.errors import SourceError
@@ -662,9 +674,8 @@ def score_captures(model_dir: Path, captures: list[Path]) -> dict[str, Any]:
         model, policy=VerdictPolicy(malicious_threshold=model.malicious_threshold)
     )
     per_capture: dict[str, Any] = {}
-    alerts: dict[str, int] = {}
-    max_malicious = 0.0
-    for scap in captures:
+    groups = [list(captures)] if merged else [[c] for c in captures]
+    for group in groups:
         sessionizer = Sessionizer({})
         judged: list[dict[str, Any]] = []
 
@@ -683,22 +694,28 @@ def score_captures(model_dir: Path, captures: list[Path]) -> dict[str, Any]:
                     }
                 )
 
-        error = ""
-        try:
-            for item in read_capture(Path(scap), "capture-check"):
-                if isinstance(item, EventBatch):
-                    judge(sessionizer.ingest(item))
-        except SourceError as exc:
-            error = str(exc)[:200]
+        errors = []
+        for scap in group:
+            try:
+                for item in read_capture(Path(scap), "capture-check"):
+                    if isinstance(item, EventBatch):
+                        judge(sessionizer.ingest(item))
+            except SourceError as exc:
+                errors.append(str(exc)[:200])
         judge(sessionizer.flush())
-        for row in judged:
+        name = f"{len(group)} captures as one host" if merged else Path(group[0]).name
+        per_capture[name] = {"sessions": judged, "error": "; ".join(errors)}
+    max_malicious = 0.0
+    alerts: dict[str, int] = {}
+    for entry in per_capture.values():
+        for row in entry["sessions"]:
             max_malicious = max(max_malicious, row["malicious"])
             for reason in row["alerts"]:
                 alerts[reason] = alerts.get(reason, 0) + 1
-        per_capture[Path(scap).name] = {"sessions": judged, "error": error}
     log.info(
         "captures_scored",
         captures=len(captures),
+        merged=merged,
         max_malicious=max_malicious,
         alerts=alerts,
     )
@@ -706,6 +723,7 @@ def score_captures(model_dir: Path, captures: list[Path]) -> dict[str, Any]:
         "max_malicious": max_malicious,
         "alerts": alerts,
         "malicious_threshold": model.malicious_threshold,
+        "merged": merged,
         "captures": per_capture,
     }
 
@@ -756,6 +774,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.captures:
         out["captures"] = score_captures(args.model_dir, args.captures)
+        out["captures_merged"] = score_captures(
+            args.model_dir, args.captures, merged=True
+        )
     print(json.dumps(out, indent=2, default=str))
     return 0
 

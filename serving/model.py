@@ -51,6 +51,15 @@ class FitConfig:
             shares that tell short commands apart are not drowned by large ones.
             Every feature is non-negative and at most ~1, so the transform stays
             bounded on inputs far from the training data.
+        mask_unseen: zero, inside the model, every feature that is 0 in all
+            training rows (a syscall or path class no recording ever made). The
+            weights from such an input never get a gradient and keep their
+            random start, so without the mask a syscall the lab never saw (old
+            kernels' ``select`` sleeps, ``clock_gettime`` on a VM without a
+            vDSO clock) moves the outputs at random.
+        dialect_share: share of the training rows also trained on as rewritten
+            in another syscall dialect (``serving.augment``: waits in
+            ``select``, time queries as syscalls); 0 for none.
     """
 
     members: int = 5
@@ -62,6 +71,8 @@ class FitConfig:
     # NOTE: version 1 was trained with epochs=80, dropout=0.2, identity input
     # (its assets.extra/systerns.json records it); version 2 with these.
     input_transform: str = "sqrt"
+    mask_unseen: bool = True
+    dialect_share: float = 0.0
 
 
 @keras.saving.register_keras_serializable(package="systerns")
@@ -72,8 +83,34 @@ class SqrtFeatures(keras.layers.Layer):
         return keras.ops.sqrt(keras.ops.maximum(inputs, 0.0))
 
 
+@keras.saving.register_keras_serializable(package="systerns")
+class SeenFeatures(keras.layers.Layer):
+    """Multiplies the features by a fixed 0/1 mask of the ones training saw."""
+
+    def __init__(self, dim: int = FEATURE_DIM, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.mask = self.add_weight(
+            name="seen", shape=(dim,), initializer="ones", trainable=False
+        )
+
+    def call(self, inputs):  # type: ignore[no-untyped-def]
+        return inputs * self.mask
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"dim": self.dim}
+
+
+def seen_mask(features: np.ndarray) -> np.ndarray:
+    """1.0 for each column that is non-zero in at least one row, else 0.0."""
+    return (np.abs(features) > 0).any(axis=0).astype(np.float32)
+
+
 def build_member(
-    n_classes: int, config: FitConfig, name: str = "member"
+    n_classes: int,
+    config: FitConfig,
+    name: str = "member",
+    mask: np.ndarray | None = None,
 ) -> keras.Model:
     """Build one uncompiled member network.
 
@@ -81,6 +118,8 @@ def build_member(
         n_classes: width of the ``command_probs`` softmax.
         config: layer sizes.
         name: the member's name (unique within an ensemble).
+        mask: the ``SeenFeatures`` mask when ``config.mask_unseen`` (all ones
+            when None: nothing masked until training sets it).
 
     Raises:
         ValueError: an unknown ``config.input_transform``.
@@ -91,6 +130,11 @@ def build_member(
     """
     features = keras.Input((FEATURE_DIM,), name="features")
     h = features
+    if config.mask_unseen:
+        seen = SeenFeatures(name="seen_features")
+        h = seen(h)
+        if mask is not None:
+            seen.mask.assign(np.asarray(mask, np.float32))
     if config.input_transform == "sqrt":
         h = SqrtFeatures(name="sqrt_features")(h)
     elif config.input_transform != "identity":
@@ -227,15 +271,28 @@ def fit_model(
     if len(features) == 0:
         raise ValueError("no training rows")
 
+    if config.dialect_share > 0:
+        from systerns.serving.augment import add_dialect_rows
+
+        n_real = len(features)
+        features, labels, malicious, groups = add_dialect_rows(
+            features, labels, malicious, groups, seed=seed,
+            share=config.dialect_share,
+        )
+        log.info("dialect_rows_added", rows=len(features) - n_real, real_rows=n_real)
     targets = {OUTPUT_COMMAND: labels, OUTPUT_MALICIOUS: malicious.reshape(-1, 1)}
     weights = {
         OUTPUT_COMMAND: balanced_weights(labels, groups),
         OUTPUT_MALICIOUS: balanced_weights(malicious, groups),
     }
+    mask = seen_mask(features) if config.mask_unseen else None
+    if mask is not None:
+        log.info("features_masked", unseen=int(len(mask) - mask.sum()),
+                 features=len(mask))
     members = []
     for i in range(config.members):
         keras.utils.set_random_seed(seed + i)
-        member = build_member(n_classes, config, f"member_{i}")
+        member = build_member(n_classes, config, f"member_{i}", mask)
         member.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
             loss={
@@ -258,7 +315,7 @@ def fit_model(
             callbacks=[_EpochLog(i, config.members, config.epochs)],
         )
         # A fresh copy carries the weights without the optimizer's slots.
-        bare = build_member(n_classes, config, member.name)
+        bare = build_member(n_classes, config, member.name, mask)
         bare.set_weights(member.get_weights())
         members.append(bare)
     return average_members(members)

@@ -225,6 +225,12 @@ def write_full_report(
             f"{cap_base.get('ngram_alerts', 'n/a')} | "
             f"{cap_base.get('name_rule_alerts', 'n/a')} |"
         )
+    merged = metrics.get("captures_merged", {})
+    if merged:
+        lines.append(
+            "| alerts on the captures as one host's stream (demo) | "
+            f"{sum(merged.get('alerts', {}).values())} | - | - |"
+        )
 
     op = metrics["session_at_model_threshold"]
     lines += [
@@ -325,6 +331,26 @@ def write_full_report(
                 f" | {b.get('name_rule_alerts', 'n/a')}"
                 f" | {(c['error'][:60] + '...') if c['error'] else ''} |"
             )
+        merged = metrics.get("captures_merged", {})
+        for name, c in merged.get("captures", {}).items():
+            sessions = c["sessions"]
+            top = max(sessions, key=lambda s: s["malicious"], default=None)
+            lines += [
+                "",
+                f"All captures again, in this order, as one host's stream ({name}):"
+                " what the worker sees when one collector publishes them, as in"
+                " the demo. A process seen in several captures of one machine"
+                " (`dockerd` in `example4-1` and `example4-2`) is one session,"
+                " judged while it runs. This is the check a model must pass"
+                " before it is served.",
+                "",
+                f"Judgements: {len(sessions)}; model alerts:"
+                f" {sum(len(s['alerts']) for s in sessions)}"
+                f" ({merged.get('alerts', {}) or 'none'}); highest malicious p:"
+                + (f" {top['malicious']:.4f} (`{top['comm']}`, {top['n_events']}"
+                   f" events, {top['trigger']}, behaves like"
+                   f" `{top['behaves_like']}`)." if top else " n/a."),
+            ]
 
     lines += [
         "",

@@ -136,6 +136,8 @@ def train_on(
             "hidden_units": list(config.hidden_units),
             "dropout": config.dropout,
             "input_transform": config.input_transform,
+            "mask_unseen": config.mask_unseen,
+            "dialect_share": config.dialect_share,
         },
         "train_runs": data.train.n_runs,
         "train_rows": len(data.train),

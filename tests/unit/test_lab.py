@@ -169,6 +169,7 @@ def test_small_corpus_builds_with_disjoint_splits(tmp_path: Path) -> None:
         seed=3,
         labels=SMALL_LABELS,
         hard_runs_per_variant=0,
+        daemon_runs=0,
         progress=lambda d, t, r: calls.append((d, t, r)),
     )
     manifest = json.loads(path.read_text())
@@ -228,6 +229,8 @@ def test_one_miner_run_is_judged_while_running(tmp_path: Path) -> None:
         include_miner=True,
         miner_runs=1,
         cminer_runs=0,
+        jsminer_runs=0,
+        daemon_runs=0,
         hard_runs_per_variant=0,
         labels={"date"},
         seed=11,

@@ -237,3 +237,36 @@ def test_sqrt_input_survives_export(tmp_path: Path) -> None:
     assert "sqrt_features" in {
         layer.name for m in model.layers if hasattr(m, "layers") for layer in m.layers
     }
+
+
+def test_features_unseen_in_training_do_not_move_the_outputs(tmp_path: Path) -> None:
+    """A column that is 0 in every training row is masked in the exported model."""
+    from systerns.serving.model import fit_model
+
+    rng = np.random.default_rng(3)
+    x = np.zeros((40, FEATURE_DIM), np.float32)
+    x[:, :20] = rng.random((40, 20), np.float32)
+    labels = (x[:, 0] > 0.5).astype(np.int32)
+    malicious = labels.astype(np.float32)
+    groups = np.arange(40)
+    config = FitConfig(members=1, epochs=2, hidden_units=(8,), dialect_share=0.0)
+    model = fit_model(x, labels, malicious, groups, 3, config, seed=1)
+    staged = stage(model, ("a", "b", UNKNOWN), tmp_path, "m", 1, threshold=0.9)
+    local = LocalModel(staged, version=1)
+
+    probe = x[:4].copy()
+    probe_unseen = probe.copy()
+    probe_unseen[:, 100:] = 1.0  # never non-zero in training
+    probe_seen = probe.copy()
+    probe_seen[:, :20] = 1.0 - probe_seen[:, :20]
+    base = local.predict_arrays(probe)
+    np.testing.assert_allclose(local.predict_arrays(probe_unseen)[1], base[1], atol=1e-6)
+    np.testing.assert_allclose(local.predict_arrays(probe_unseen)[0], base[0], atol=1e-6)
+    assert not np.allclose(local.predict_arrays(probe_seen)[0], base[0], atol=1e-4)
+    # Without the mask the same unseen columns do move them.
+    bare = fit_model(x, labels, malicious, groups, 3,
+                     FitConfig(members=1, epochs=2, hidden_units=(8,),
+                               mask_unseen=False, dialect_share=0.0), seed=1)
+    out = bare.predict(probe, verbose=0)["command_probs"]
+    out_unseen = bare.predict(probe_unseen, verbose=0)["command_probs"]
+    assert not np.allclose(out, out_unseen, atol=1e-4)

@@ -126,7 +126,9 @@ def test_wrapper_image_before_exec_is_left_out(corpus: Path) -> None:
 
     (rows,) = extract_runs(corpus, [run])
 
-    assert rows.n_events.tolist() == [60]
+    # The program's full session, then its mid-life view (never final).
+    assert rows.n_events.tolist() == [60, 30]
+    assert rows.final.tolist() == [True, False]
 
 
 def test_short_process_yields_no_row(corpus: Path) -> None:
@@ -211,3 +213,30 @@ def test_no_training_rows_is_refused() -> None:
 
 def test_classes_sorted_with_unknown_last() -> None:
     assert classes_for(["b", "a", "b", UNKNOWN]) == ("a", "b", UNKNOWN)
+
+
+def test_long_runs_are_also_seen_from_mid_life(corpus: Path) -> None:
+    """A second replay without the program's start, as a worker meets a process
+    already running when its collector started; never for XMRig's benchmark."""
+    from systerns.lab.corpus import MIDLIFE_SKIP_S, iter_sessions
+
+    batches = _batches(100, "plumbing_b", 10, exec_first=True)
+    start = batches[0].events[0].ts_ns
+    runs = [
+        _run("b", "plumbing_b", "train", batches=batches, main_exec_ts_ns=start),
+        _run("x", "xmrig", "train", batches=batches, main_exec_ts_ns=start),
+    ]
+    snaps = list(iter_sessions(corpus, runs=runs))
+    mid = [s for s in snaps if s["view"] == "midlife"]
+
+    assert mid and {s["run_id"] for s in mid} == {"b"}
+    assert not any(s["final"] for s in mid)
+    cut = start + int(MIDLIFE_SKIP_S * SECOND_NS)
+    assert all(s["session"]["first_ts_ns"] >= cut for s in mid)
+    assert all("execve" not in s["session"]["counts"] for s in mid)
+    full = [s for s in snaps if s["run_id"] == "b" and s["view"] == "full"]
+    assert full[-1]["final"] and full[-1]["session"]["n_events"] == 300
+    assert max(s["session"]["n_events"] for s in mid) == 300 - 3 * 30
+    (rows_b, rows_x) = extract_runs(corpus, runs)
+    assert len(rows_b.features) > len(rows_x.features)
+    assert rows_b.final.sum() == rows_x.final.sum() == 1

@@ -127,3 +127,28 @@ def test_running_snapshots_do_not_change_after_they_are_taken():
     before = (snap["n_events"], dict(snap["counts"]))
     sz.ingest(EventBatch(proc(), calls(50, t0=S, name="write")))
     assert (snap["n_events"], snap["counts"]) == before
+
+
+def test_a_hole_in_the_stream_is_not_counted_as_a_gap():
+    """Two captures of one host published one after the other leave a 400 s hole
+    in each thread's calls: it is not time spent computing or waiting."""
+    from systerns.core.sessions import MAX_OBSERVED_GAP_NS
+
+    sz = Sessionizer({}, SessionPolicy(min_events=5))
+    sz.ingest(EventBatch(proc(), calls(10, name="write", step_ns=S)))
+    later = 9 * S + MAX_OBSERVED_GAP_NS + 400 * S
+    out = sz.ingest(EventBatch(proc(), calls(10, t0=later, name="write", step_ns=S)))
+    out += sz.flush()
+    (final,) = [j for j in out if j.final]
+    state = final.session
+    assert state["n_events"] == 20
+    assert sum(state["gaps"].values()) == 18  # 9 + 9 one-second gaps, not the hole
+    assert state["gap_ns"]["c"] == 18 * S
+    # A long gap that is still observed (a minute) counts in full.
+    sz = Sessionizer({}, SessionPolicy(min_events=5))
+    sz.ingest(EventBatch(proc(), calls(10, name="write", step_ns=S)))
+    out = sz.ingest(EventBatch(proc(), calls(10, t0=9 * S + 50 * S, name="write",
+                                             step_ns=S)))
+    out += sz.flush()
+    (final,) = [j for j in out if j.final]
+    assert final.session["gap_ns"]["c"] == 18 * S + 50 * S

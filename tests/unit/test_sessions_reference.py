@@ -26,6 +26,7 @@ from systerns.core.events import EXEC_TYPES, EXIT_TYPES, EventBatch, Syscall
 from systerns.core.sessions import (
     GAP_CLASS,
     IO_KINDS,
+    MAX_OBSERVED_GAP_NS,
     MAX_SAMPLE_PATHS,
     MAX_TRACKED_TIDS,
     Judgement,
@@ -112,8 +113,8 @@ def reference_add_event(state: dict, ev: Syscall) -> None:
         state["bigrams"][b] = state["bigrams"].get(b, 0) + 1
     if prev is not None:
         pt = state["t_last"].get(str(tid))
-        if pt is not None:
-            gap = max(ts_ns - pt, 0)
+        gap = max(ts_ns - pt, 0) if pt is not None else 0
+        if pt is not None and gap <= MAX_OBSERVED_GAP_NS:
             cls = GAP_CLASS.get(prev, "c")
             key = f"{cls}{gap_bucket(gap)}"
             state["gaps"][key] = state["gaps"].get(key, 0) + 1

@@ -98,3 +98,37 @@ def test_live_capture_without_a_driver_fails_clearly(monkeypatch, tmp_path):
     monkeypatch.setattr(mod, "Path", lambda p: tmp_path / p.lstrip("/"))
     with pytest.raises(DriverMissingError, match="kernel driver"):
         mod.check_live_driver()
+
+
+def test_exit_events_are_stamped_when_the_call_started():
+    """strace stamps a call at its start; sysdig's exit half steps back by its latency."""
+    _, ev = parse_line(line(**{"evt.rawtime": 10_000_000_000,
+                               "evt.latency": 250_000_000}), "h")
+    assert ev.ts_ns == 9_750_000_000
+    # Missing, zero, negative, longer than the clock or than an hour: exit time kept.
+    for bad in (None, 0, -5, 20_000_000_000, 3601 * 10**9):
+        _, ev = parse_line(line(**{"evt.rawtime": 10_000_000_000,
+                                   "evt.latency": bad}), "h")
+        assert ev.ts_ns == 10_000_000_000, bad
+    with pytest.raises(ParseError):
+        parse_line(line(**{"evt.latency": "soon"}), "h")
+
+
+def test_a_daemon_blocked_in_waits_does_not_look_like_computing(sysdig, scap_dir):
+    """dockerd in a real capture spends its time blocked in futex/epoll_wait.
+
+    Stamped at the exit of each call, the time blocked would land after the call
+    before the wait and read as computing (7.7 of 11.4 s); stamped at the start,
+    as strace does, it stays after the wait.
+    """
+    from systerns.core.sessions import Sessionizer
+
+    sz = Sessionizer({})
+    judged = []
+    for b in read_capture(scap_dir / "examples" / "example4_example4-1.scap", "h"):
+        judged += sz.ingest(b)
+    judged += sz.flush()
+    (dockerd,) = [j.session for j in judged if j.final and j.session["comm"] == "dockerd"]
+    gap_ns = dockerd["gap_ns"]
+    assert gap_ns["b"] > 5e9
+    assert gap_ns.get("c", 0) < 0.01 * gap_ns["b"]

@@ -1,0 +1,153 @@
+"""The lab's long-running services (hard negatives) and its Node miner."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from systerns.lab import daemons
+from systerns.lab.corpus import iter_sessions, load_corpus
+from systerns.lab.daemons import RUNTIMES, UNKNOWN_LABEL, plan_daemon_runs
+from systerns.lab.jsminer import (
+    JSMINER_LABEL,
+    find_node,
+    plan_jsminer_runs,
+    record_jsminer_run,
+)
+from systerns.lab.miner import check_netns, sha256_file
+from systerns.lab.recorder import add_to_corpus, build_corpus
+from systerns.lab.sandbox import Sandbox
+
+needs_strace = pytest.mark.skipif(
+    shutil.which("strace") is None, reason="strace is not installed"
+)
+
+
+def _sandbox(tmp_path: Path) -> Sandbox:
+    sb = Sandbox(tmp_path / "sb")
+    for d in (sb.work, sb.www):
+        d.mkdir(parents=True)
+    (sb.www / "index.html").write_text("<html></html>\n")
+    sb.served = ["index.html"]
+    return sb
+
+
+def test_daemon_plan_covers_every_runtime_idle_and_loaded(tmp_path: Path) -> None:
+    """Each runtime gets its runs, half loaded, ports last, all under the sandbox."""
+    sb = _sandbox(tmp_path)
+    programs = {rt.name: tmp_path / rt.program for rt in RUNTIMES}
+    runs = plan_daemon_runs(sb, programs, runs_per_runtime=4, seed=7)
+    by_rt: dict[str, list] = {}
+    for r in runs:
+        by_rt.setdefault(r.variant.split("_")[1], []).append(r)
+
+    assert set(by_rt) == {rt.name for rt in RUNTIMES}
+    assert len(by_rt["dbus"]) == 2 and all(len(v) == 4 for k, v in by_rt.items()
+                                           if k != "dbus")
+    assert len({r.run_id for r in runs}) == len(runs)
+    for r in runs:
+        assert r.hard_negative and not r.malicious and not r.netns
+        assert r.label == ("python3" if r.variant.startswith("daemon_python")
+                           else UNKNOWN_LABEL)
+        assert daemons.SECONDS_RANGE[0] <= r.timeout_s <= daemons.SECONDS_RANGE[1]
+        if r.load == "http":
+            assert 1024 <= int(r.argv[-1]) < 65536
+            assert str(sb.www) in r.argv
+        assert r.cwd.is_relative_to(sb.work)
+    for rt, group in by_rt.items():
+        loads = {r.load for r in group}
+        assert loads == ({"idle"} if rt == "dbus" else {"idle", "http"})
+    shapes = {r.variant.rsplit("_", 1)[1] for r in runs}
+    assert shapes == {"quiet", "scan"}
+    # Without a runtime's program, its runs are left out rather than failing.
+    fewer = plan_daemon_runs(sb, {"c": tmp_path / "labd-c"}, runs_per_runtime=2, seed=7)
+    assert {r.variant.split("_")[1] for r in fewer} == {"c"}
+
+
+def test_jsminer_plan_talks_only_to_loopback(tmp_path: Path) -> None:
+    """Node-miner runs: the pool and harness on 127.0.0.1, varied settings."""
+    sb = _sandbox(tmp_path)
+    node = tmp_path / "node"
+    node.write_bytes(b"\x7fELF")
+    runs = plan_jsminer_runs(sb, node, n_runs=12, seed=7)
+
+    assert len({r.run_id for r in runs}) == 12
+    assert len({r.variant for r in runs}) > 4
+    assert (sb.root / "jsminer" / "jsminer.js").is_file()
+    assert "ip link set lo up" in (sb.root / "jsminer" / "harness.sh").read_text()
+    for r in runs:
+        assert r.argv[2].endswith("127.0.0.1:3333")
+        assert Path(r.argv[0]).name == r.name
+        assert 4 <= r.seconds <= 9
+
+
+@needs_strace
+@pytest.mark.slow
+def test_one_jsminer_run_mines_over_stratum(tmp_path: Path) -> None:
+    """The Node miner runs worker threads and speaks stratum to the lab pool."""
+    if shutil.which("node") is None or not check_netns():
+        pytest.skip("node or unshare -n unavailable")
+    node, info = find_node()
+    sb = _sandbox(tmp_path)
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    run = dataclasses.replace(plan_jsminer_runs(sb, node, n_runs=2, seed=7)[1],
+                              seconds=4.0)
+
+    entry = record_jsminer_run(run, traces)
+    text = (tmp_path / entry["trace"]).read_text()
+
+    assert info["source_sha256"]
+    assert entry["label"] == JSMINER_LABEL and entry["malicious"] and entry["netns"]
+    assert entry["renamed"] == (run.name != "node")
+    assert entry["exit_code"] == 124
+    assert 'inet_addr("127.0.0.1")' in text and "htons(3333)" in text
+    assert "mining.subscribe" in text and "mining.submit" in text
+    assert text.count("clone") >= 2
+
+
+@needs_strace
+@pytest.mark.slow
+def test_services_are_added_to_an_existing_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``add_to_corpus`` records every service, keeps the runs already there."""
+    monkeypatch.setattr(daemons, "SECONDS_RANGE", (3, 3))
+    monkeypatch.setattr(daemons, "RUNTIMES", tuple(
+        rt for rt in RUNTIMES if rt.name in {"c", "go", "node", "dbus"}))
+    lab = tmp_path / "lab"
+    path = build_corpus(lab, runs_per_command=2, include_miner=False, seed=5,
+                        labels={"date"}, hard_runs_per_variant=0, daemon_runs=0)
+    before = json.loads(path.read_text())["runs"]
+
+    add_to_corpus(lab, daemon_runs=2, jsminer_runs=0)
+    manifest = json.loads(path.read_text())
+    runs = manifest["runs"]
+    added = [r for r in runs if r["run_id"].startswith("daemon-")]
+    available = set(manifest["daemons"]["runtimes"].split(","))
+
+    assert runs[: len(before)] == before
+    assert {r["variant"].split("_")[1] for r in added} == available
+    assert {"c", "dbus"} <= available
+    assert manifest["additions"][-1]["runs"] == len(added)
+    assert manifest["counts"]["hard_negative"] == len(added)
+    for r in added:
+        assert r["split"] in {"train", "test"} and r["hard_negative"]
+        assert r["exit_code"] == 124, r
+        assert sha256_file(lab / r["trace"]) == r["sha256"]
+        if r["load"]["kind"] == "http":
+            assert r["load"]["requests"] > 0, r
+    loaded = load_corpus(lab)
+    sessions = [s for s in iter_sessions(lab, runs=loaded)
+                if s["run_id"].startswith("daemon-") and s["role"] == "main"]
+    assert {s["run_id"] for s in sessions} == {r["run_id"] for r in added}
+    threaded = [s for s in sessions if len(s["session"]["tids"]) >= 3]
+    assert threaded, "the services run several threads"
+    # A second addition replaces the services' runs rather than doubling them.
+    add_to_corpus(lab, daemon_runs=2, jsminer_runs=0)
+    again = json.loads(path.read_text())["runs"]
+    assert len(again) == len(runs)
