@@ -54,6 +54,8 @@ RUN_NAMES = (
     "redis-server",
 )
 TIMEOUT_RANGE_S = (4, 9)
+#: Seconds between the fake pool's new jobs, one drawn per run.
+JOB_EVERY_S = (1.0, 2.5, 5.0, 30.0)
 CFLAGS = ("-O2", "-pthread")
 
 
@@ -160,18 +162,24 @@ def plan_cminer_runs(
             argv += ["--keepalive", str(rng.randint(1, 5))]
         if rng.random() < 0.5:
             argv += ["--print", str(rng.randint(1, 4))]
-        runs.append(
-            CminerRun(
-                run_id=f"{CMINER_LABEL}-{name}-{i:03d}",
-                name=name,
-                argv=tuple(argv),
-                variant=f"mem{mem_kib}k_t{threads}",
-                seconds=float(rng.randint(*TIMEOUT_RANGE_S)),
-                job_every_s=rng.choice((1.0, 2.5, 5.0, 30.0)),
-                cwd=run_dir,
-            )
-        )
+        runs.append(pool_miner_run(f"{CMINER_LABEL}-{name}-{i:03d}", name, argv,
+                                   f"mem{mem_kib}k_t{threads}", rng, run_dir))
     return runs
+
+
+def pool_miner_run(run_id: str, name: str, argv: list[str], variant: str,
+                   rng: random.Random, run_dir: Path,
+                   seconds_range: tuple[int, int] = TIMEOUT_RANGE_S) -> CminerRun:
+    """A planned pool-miner run; draws its length and the pool's job period."""
+    return CminerRun(
+        run_id=run_id,
+        name=name,
+        argv=tuple(argv),
+        variant=variant,
+        seconds=float(rng.randint(*seconds_range)),
+        job_every_s=rng.choice(JOB_EVERY_S),
+        cwd=run_dir,
+    )
 
 
 def pool_run_dir(sb: Sandbox, name: str) -> Path:

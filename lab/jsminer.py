@@ -22,7 +22,12 @@ from pathlib import Path
 import structlog
 
 from systerns.core.errors import SourceError
-from systerns.lab.cminer import CminerRun, pool_run_dir, record_cminer_run
+from systerns.lab.cminer import (
+    CminerRun,
+    pool_miner_run,
+    pool_run_dir,
+    record_cminer_run,
+)
 from systerns.lab.miner import renamed_copy
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
 
@@ -77,17 +82,9 @@ def plan_jsminer_runs(
                 str(threads), str(mem_kib), str(share_bits), algo]
         if rng.random() < 0.5:
             argv.append(rng.choice(TITLES))
-        runs.append(
-            CminerRun(
-                run_id=f"{JSMINER_LABEL}-{name}-{i:03d}",
-                name=name,
-                argv=tuple(argv),
-                variant=f"{algo}_mem{mem_kib}k_t{threads}",
-                seconds=float(rng.randint(*TIMEOUT_RANGE_S)),
-                job_every_s=rng.choice((1.0, 2.5, 5.0, 30.0)),
-                cwd=run_dir,
-            )
-        )
+        runs.append(pool_miner_run(f"{JSMINER_LABEL}-{name}-{i:03d}", name, argv,
+                                   f"{algo}_mem{mem_kib}k_t{threads}", rng, run_dir,
+                                   TIMEOUT_RANGE_S))
     return runs
 
 

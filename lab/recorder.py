@@ -436,6 +436,7 @@ def build_corpus(
         sb, out_dir / "cache", traces, daemon_runs=daemon_runs,
         jsminer_runs=n_js, seed=seed, workers=workers,
     )
+    extra_info.pop("planned_runs", None)
     results += extra
     assign_splits(results, seed)
     n_family = (
@@ -496,7 +497,8 @@ def record_extra_runs(
 
     Returns:
         Their manifest entries (no split yet) and the manifest's provenance
-        keys (``daemons``, ``jsminer``) for what was recorded.
+        keys (``daemons``, ``jsminer``) for what was recorded, with
+        ``planned_runs`` (how many were attempted).
 
     Raises:
         SourceError: the Node miner was asked for and node is missing,
@@ -516,6 +518,7 @@ def record_extra_runs(
         node, info["jsminer"] = find_node()
         js = plan_jsminer_runs(sb, node, n_runs=jsminer_runs, seed=seed)
     total = len(specs) + len(js)
+    info["planned_runs"] = total
     out: list[dict] = []
 
     def one(spec: RunSpec | CminerRun) -> dict | None:
@@ -554,15 +557,25 @@ def add_to_corpus(
     existing labels do not move). The manifest says which build added what.
 
     Raises:
-        SourceError: no manifest in ``out_dir``, or a recording failed as in
-            ``record_extra_runs``.
+        SourceError: no readable manifest in ``out_dir`` (checked before
+            anything is recorded), a setup step failed as in
+            ``record_extra_runs``, or some runs failed to record (raised after
+            the manifest is written with the runs that were recorded).
     """
     out_dir = Path(out_dir).absolute()
     path = out_dir / "manifest.json"
     if not path.is_file():
         raise SourceError(f"no corpus manifest in {out_dir}; run `systerns lab` first")
-    manifest = json.loads(path.read_text())
-    seed = int(manifest["seed"])
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{path} is not a readable corpus manifest: {exc}") from exc
+    if (not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list)
+            or isinstance(manifest.get("seed"), bool)
+            or not isinstance(manifest.get("seed"), int)):
+        raise SourceError(f"{path} lacks an integer 'seed' or a 'runs' list; "
+                          "rebuild the corpus with `systerns lab`")
+    seed = manifest["seed"]
     sb = Sandbox(out_dir / "sandbox")
     sb.served = served_names(sb.www)
     if not sb.served:
@@ -572,6 +585,8 @@ def add_to_corpus(
         sb, out_dir / "cache", out_dir / "traces", daemon_runs=daemon_runs,
         jsminer_runs=jsminer_runs, seed=seed, workers=workers, progress=progress,
     )
+    planned = int(info.pop("planned_runs", len(new)))
+    failed = planned - len(new)
     assign_splits(new, seed)
     new_ids = {r["run_id"] for r in new}
     replaced = tuple(prefix for prefix, n in (("daemon-", daemon_runs),
@@ -594,5 +609,10 @@ def add_to_corpus(
     tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=True))
     tmp.replace(path)
     log.info("lab_corpus_extended", manifest=str(path), runs=len(new),
-             wall_s=round(time.monotonic() - t0, 1))
+             failed=failed, wall_s=round(time.monotonic() - t0, 1))
+    if failed:
+        # The manifest above keeps what was recorded; the earlier runs of these
+        # kinds are gone from it (their traces may have been overwritten).
+        raise SourceError(f"{failed} of {planned} runs failed to record; the "
+                          f"manifest lists the {len(new)} that did (see lab_run_failed)")
     return path

@@ -107,7 +107,7 @@ def record_to_batch(rec: dict) -> EventBatch:
     rows = rec["events"]
     ts_ns = rec.get("ts_ns") or ()
     if rows:
-        if ts_ns:
+        if any(rec.get(c) for c in EVENT_COLUMNS):
             raise ValueError("event_batch carries both event layouts")
         # A list comprehension, then one tuple: faster than a generator into
         # tuple().

@@ -151,3 +151,44 @@ def test_services_are_added_to_an_existing_corpus(
     add_to_corpus(lab, daemon_runs=2, jsminer_runs=0)
     again = json.loads(path.read_text())["runs"]
     assert len(again) == len(runs)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"seed": "7", "runs": []}',
+                                  '{"seed": 7}', "[1, 2]"])
+def test_add_refuses_a_bad_manifest_before_recording(tmp_path: Path, text: str,
+                                                     monkeypatch) -> None:
+    from systerns.core.errors import SourceError
+    from systerns.lab import recorder
+
+    called = []
+    monkeypatch.setattr(recorder, "record_extra_runs",
+                        lambda *a, **k: called.append(1) or ([], {}))
+    (tmp_path / "sandbox" / "www").mkdir(parents=True)
+    (tmp_path / "sandbox" / "www" / "index.html").write_text("x")
+    (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(SourceError):
+        add_to_corpus(tmp_path, daemon_runs=1, jsminer_runs=0)
+    assert not called
+
+
+def test_add_says_when_runs_failed_and_keeps_what_was_recorded(
+        tmp_path: Path, monkeypatch) -> None:
+    from systerns.core.errors import SourceError
+    from systerns.lab import recorder
+
+    ok = {"run_id": "daemon-c-000", "label": "unknown", "malicious": False,
+          "renamed": False, "hard_negative": True}
+    monkeypatch.setattr(recorder, "record_extra_runs",
+                        lambda *a, **k: ([dict(ok)], {"planned_runs": 3}))
+    (tmp_path / "sandbox" / "www").mkdir(parents=True)
+    (tmp_path / "sandbox" / "www" / "index.html").write_text("x")
+    old = [{"run_id": "ls-000", "label": "ls", "malicious": False,
+            "renamed": False, "split": "train"},
+           {"run_id": "daemon-go-000", "label": "unknown", "malicious": False,
+            "renamed": False, "split": "test", "hard_negative": True}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"seed": 7, "runs": old}))
+    with pytest.raises(SourceError, match="2 of 3 runs failed"):
+        add_to_corpus(tmp_path, daemon_runs=1, jsminer_runs=0)
+    runs = json.loads((tmp_path / "manifest.json").read_text())["runs"]
+    assert [r["run_id"] for r in runs] == ["ls-000", "daemon-c-000"]
+    assert "planned_runs" not in json.loads((tmp_path / "manifest.json").read_text())
