@@ -652,27 +652,24 @@ def measure_kafka(report: Report, bootstrap: str, records: list, n_events: int,
         f"{open_sessions:,} sessions open at the end; RSS {last.rss_ready / 1e6:.0f} "
         f"MB when ready, {last.rss_end / 1e6:.0f} MB at the end (upper bound: "
         "includes consumer and producer buffers)"))
-    if with_head:
+    baselines = (
+        ("head", with_head, "worker before P6 and P11",
+         "HEAD_COMMIT, v1 records, same run"),
+        ("before", with_before, "worker before P2-P5, P8",
+         "benchmarks.baseline, same run"),
+    )
+    for variant, wanted, who, how in baselines:
+        if not wanted:
+            continue
         report.add(Figure(
-            "worker_vs_head.kafka.events_per_s", rate("current"), "events/s",
-            "worker before P6 and P11 (HEAD_COMMIT, v1 records, same run)",
-            rate("head"), GOAL_RATE, "head: " + describe("head")))
+            f"worker_vs_{variant}.kafka.events_per_s", rate("current"), "events/s",
+            f"{who} ({how})", rate(variant), GOAL_RATE,
+            f"{variant}: " + describe(variant)))
         report.add(Figure(
-            "worker_vs_head.kafka.events_per_cpu_s", cpu_rate("current"),
-            "events/cpu-s", "worker before P6 and P11 (same run)",
-            cpu_rate("head"), GOAL_RATE,
-            f"head: worker CPU {sum(x.cpu_s for x in runs['head']):.1f} s, "
-            f"event loop {sum(x.event_loop_cpu_s for x in runs['head']):.1f} s"))
-    if with_before:
-        report.add(Figure(
-            "worker_vs_before.kafka.events_per_s", rate("current"), "events/s",
-            "worker before P2-P5, P8 (benchmarks.baseline, same run)",
-            rate("before"), GOAL_RATE, "before: " + describe("before")))
-        report.add(Figure(
-            "worker_vs_before.kafka.events_per_cpu_s", cpu_rate("current"),
-            "events/cpu-s", "worker before P2-P5, P8 (same run)",
-            cpu_rate("before"), GOAL_RATE,
-            f"before: worker CPU {sum(x.cpu_s for x in runs['before']):.1f} s"))
+            f"worker_vs_{variant}.kafka.events_per_cpu_s", cpu_rate("current"),
+            "events/cpu-s", f"{who} (same run)", cpu_rate(variant), GOAL_RATE,
+            f"{variant}: worker CPU {sum(x.cpu_s for x in runs[variant]):.1f} s, "
+            f"event loop {sum(x.event_loop_cpu_s for x in runs[variant]):.1f} s"))
     if big_records:
         report.add(Figure(
             f"worker_records{big_events}.kafka.events_per_cpu_s", cpu_rate("big"),

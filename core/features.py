@@ -65,6 +65,10 @@ LAYOUTS: dict[int, tuple[tuple[str, int], ...]] = {1: _LAYOUT_V1, 2: _LAYOUT_V2}
 FEATURE_DIMS: dict[int, int] = {v: sum(w for _, w in lay) for v, lay in LAYOUTS.items()}
 #: Layout and width of the newest version.
 LAYOUT = LAYOUTS[FEATURE_VERSION]
+#: Where each block of the newest layout starts in the vector.
+OFFSETS: dict[str, int] = {
+    name: sum(w for _, w in LAYOUT[:i]) for i, (name, _) in enumerate(LAYOUT)
+}
 FEATURE_DIM = FEATURE_DIMS[FEATURE_VERSION]
 _DIM_V1 = FEATURE_DIMS[1]
 _GAP_INDEX = {

@@ -197,6 +197,7 @@ def record_cminer_run(
     *,
     label: str = CMINER_LABEL,
     implementation: str = "lab C miner (labminer.c)",
+    own_name: str = CMINER_LABEL,
 ) -> dict:
     """Record one run of a pool miner (``unshare -n`` harness, the miner under strace).
 
@@ -205,6 +206,7 @@ def record_cminer_run(
         traces: the corpus's trace folder.
         label: the miner's label (the C miner's unless told).
         implementation: what the manifest says the miner is.
+        own_name: the program's own name; a run under any other is renamed.
 
     Returns:
         Its manifest entry (malicious).
@@ -235,8 +237,8 @@ def record_cminer_run(
         "argv": list(run.argv),
         "argv0": None,
         "shown_name": run.name,
-        "renamed": run.name != label,
-        "rename_kind": "copy" if run.name != label else "",
+        "renamed": run.name != own_name,
+        "rename_kind": "copy" if run.name != own_name else "",
         "netns": True,
         "lang": False,
         "cwd": str(run.cwd),

@@ -189,8 +189,3 @@ def plan_daemon_runs(
                 )
             )
     return specs
-
-
-def served_names(www: Path) -> list[str]:
-    """The files the lab HTTP load asks for, read back from an existing sandbox."""
-    return sorted(p.name for p in www.iterdir() if p.is_file()) if www.is_dir() else []

@@ -90,8 +90,5 @@ def plan_jsminer_runs(
 
 def record_jsminer_run(run: CminerRun, traces: Path) -> dict:
     """Record one run; its manifest entry (label ``jsminer``, malicious)."""
-    entry = record_cminer_run(run, traces, label=JSMINER_LABEL,
-                              implementation=IMPLEMENTATION)
-    renamed = run.name != "node"
-    entry |= {"renamed": renamed, "rename_kind": "copy" if renamed else ""}
-    return entry
+    return record_cminer_run(run, traces, label=JSMINER_LABEL,
+                             implementation=IMPLEMENTATION, own_name="node")

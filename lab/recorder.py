@@ -60,7 +60,7 @@ from systerns.lab.miner import (
     hugepages_restored,
     plan_miner_runs,
 )
-from systerns.lab.daemons import build_daemons, plan_daemon_runs, served_names
+from systerns.lab.daemons import build_daemons, plan_daemon_runs
 from systerns.lab.jsminer import (
     JSMINER_LABEL,
     find_node,
@@ -432,11 +432,10 @@ def build_corpus(
                 progress(len(results), total, spec.run_id)
 
     n_js = (JSMINER_RUNS if include_miner else 0) if jsminer_runs is None else jsminer_runs
-    extra, extra_info = record_extra_runs(
+    extra, extra_info, _ = record_extra_runs(
         sb, out_dir / "cache", traces, daemon_runs=daemon_runs,
         jsminer_runs=n_js, seed=seed, workers=workers,
     )
-    extra_info.pop("planned_runs", None)
     results += extra
     assign_splits(results, seed)
     n_family = (
@@ -492,13 +491,13 @@ def record_extra_runs(
     seed: int,
     workers: int,
     progress: Progress | None = None,
-) -> tuple[list[dict], dict]:
+) -> tuple[list[dict], dict, int]:
     """Record the lab services (hard negatives) and the Node miner runs.
 
     Returns:
-        Their manifest entries (no split yet) and the manifest's provenance
-        keys (``daemons``, ``jsminer``) for what was recorded, with
-        ``planned_runs`` (how many were attempted).
+        Their manifest entries (no split yet), the manifest's provenance keys
+        (``daemons``, ``jsminer``) for what was recorded, and how many planned
+        runs failed to record (each logged as ``lab_run_failed``).
 
     Raises:
         SourceError: the Node miner was asked for and node is missing,
@@ -518,7 +517,6 @@ def record_extra_runs(
         node, info["jsminer"] = find_node()
         js = plan_jsminer_runs(sb, node, n_runs=jsminer_runs, seed=seed)
     total = len(specs) + len(js)
-    info["planned_runs"] = total
     out: list[dict] = []
 
     def one(spec: RunSpec | CminerRun) -> dict | None:
@@ -537,7 +535,7 @@ def record_extra_runs(
                 out.append(res)
             if progress is not None:
                 progress(len(out), total, spec.run_id)
-    return out, info
+    return out, info, total - len(out)
 
 
 def add_to_corpus(
@@ -577,24 +575,20 @@ def add_to_corpus(
                           "rebuild the corpus with `systerns lab`")
     seed = manifest["seed"]
     sb = Sandbox(out_dir / "sandbox")
-    sb.served = served_names(sb.www)
+    sb.load_served()
     if not sb.served:
         raise SourceError(f"{sb.www} has no served files; rebuild the corpus")
     t0 = time.monotonic()
-    new, info = record_extra_runs(
+    new, info, failed = record_extra_runs(
         sb, out_dir / "cache", out_dir / "traces", daemon_runs=daemon_runs,
         jsminer_runs=jsminer_runs, seed=seed, workers=workers, progress=progress,
     )
-    planned = int(info.pop("planned_runs", len(new)))
-    failed = planned - len(new)
     assign_splits(new, seed)
-    new_ids = {r["run_id"] for r in new}
+    # Every new run id starts with one of these prefixes.
     replaced = tuple(prefix for prefix, n in (("daemon-", daemon_runs),
                                               (f"{JSMINER_LABEL}-", jsminer_runs))
                      if n > 0)
-    kept = [r for r in manifest["runs"]
-            if r["run_id"] not in new_ids
-            and not (replaced and r["run_id"].startswith(replaced))]
+    kept = [r for r in manifest["runs"] if not r["run_id"].startswith(replaced)]
     manifest["runs"] = kept + new
     manifest.update(info)
     manifest["counts"] = _counts(manifest["runs"])
@@ -613,6 +607,6 @@ def add_to_corpus(
     if failed:
         # The manifest above keeps what was recorded; the earlier runs of these
         # kinds are gone from it (their traces may have been overwritten).
-        raise SourceError(f"{failed} of {planned} runs failed to record; the "
+        raise SourceError(f"{failed} of {failed + len(new)} runs failed to record; the "
                           f"manifest lists the {len(new)} that did (see lab_run_failed)")
     return path

@@ -224,6 +224,11 @@ class Sandbox:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def load_served(self) -> None:
+        """Fill ``served`` from the files of an existing sandbox's ``www``."""
+        self.served = (sorted(p.name for p in self.www.iterdir() if p.is_file())
+                       if self.www.is_dir() else [])
+
     def env(self, *, lang: bool) -> dict[str, str]:
         """Environment for a run: system PATH, sandbox HOME, no proxies."""
         env = {"PATH": SYSTEM_PATH, "HOME": str(self.home), "TERM": "dumb"}

@@ -25,16 +25,11 @@ import math
 
 import numpy as np
 
-from systerns.core.features import LAYOUT
+from systerns.core.features import OFFSETS
 from systerns.core.syscalls import VOCAB_INDEX, VOCABULARY
 
 _N = len(VOCABULARY)
-_OFF = {}
-_o = 0
-for _name, _width in LAYOUT:
-    _OFF[_name] = _o
-    _o += _width
-_STATS = _OFF["stats"]
+_STATS = OFFSETS["stats"]
 #: Calls an old runtime makes as ``select`` instead.
 _WAITS_TO_SELECT = tuple(VOCAB_INDEX[n] for n in ("nanosleep", "poll"))
 _SELECT = VOCAB_INDEX["select"]

@@ -576,8 +576,8 @@ def evaluate(
             metrics["baselines"][name] = m
     metrics["held_out_family"] = score_held_out_family(model, family_runs, ngram)
     if captures:
-        metrics["captures"] = score_captures(model_dir, captures)
-        metrics["captures_merged"] = score_captures(model_dir, captures, merged=True)
+        metrics["captures"] = score_captures(model, captures)
+        metrics["captures_merged"] = score_captures(model, captures, merged=True)
         metrics["captures_baselines"] = score_captures_baselines(captures, ngram)
     log.info(
         "evaluation_done",
@@ -640,7 +640,7 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def score_captures(
-    model_dir: Path, captures: list[Path], *, merged: bool = False
+    model: LocalModel | Path, captures: list[Path], *, merged: bool = False
 ) -> dict[str, Any]:
     """Judge every session of sysdig capture files as the worker would.
 
@@ -649,7 +649,8 @@ def score_captures(
     running snapshots are scored as they happen), with the model's threshold.
 
     Args:
-        model_dir: a version folder, or ``<base>/<name>`` for the newest version.
+        model: a loaded model, or its folder (a version folder, or
+            ``<base>/<name>`` for the newest version).
         captures: ``.scap`` files; unreadable ones are reported, not raised.
         merged: read every capture as one host's stream, in the order given,
             through one sessionizer (what the worker does when one collector
@@ -669,7 +670,8 @@ def score_captures(
     from systerns.core.sessions import Sessionizer
     from systerns.producers.sysdig import read_capture
 
-    model = LocalModel(model_dir)
+    if not isinstance(model, LocalModel):
+        model = LocalModel(model)
     detector = Detector(
         model, policy=VerdictPolicy(malicious_threshold=model.malicious_threshold)
     )
@@ -773,10 +775,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_summary(out["held_out"]), indent=2, default=str))
         return 0
     if args.captures:
-        out["captures"] = score_captures(args.model_dir, args.captures)
-        out["captures_merged"] = score_captures(
-            args.model_dir, args.captures, merged=True
-        )
+        model = LocalModel(args.model_dir)
+        out["captures"] = score_captures(model, args.captures)
+        out["captures_merged"] = score_captures(model, args.captures, merged=True)
     print(json.dumps(out, indent=2, default=str))
     return 0
 

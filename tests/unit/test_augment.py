@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from systerns.core.events import EventBatch, ProcessInfo, Syscall
-from systerns.core.features import FEATURE_DIM, LAYOUT, vectorize
+from systerns.core.features import FEATURE_DIM, OFFSETS, vectorize
 from systerns.core.sessions import SessionPolicy, Sessionizer
 from systerns.core.syscalls import VOCAB_INDEX, VOCABULARY
 from systerns.serving.augment import add_dialect_rows, rewrite_row
@@ -36,16 +36,13 @@ def test_waits_move_to_select_and_time_queries_are_added() -> None:
         clocks = out[VOCAB_INDEX["gettimeofday"]] + out[VOCAB_INDEX["clock_gettime"]]
         if clocks:
             assert 0.1 <= clocks <= 0.65
-            assert out[LAYOUT_STATS] > row[LAYOUT_STATS]
+            assert out[OFFSETS["stats"]] > row[OFFSETS["stats"]]
         seen.append((bool(out[VOCAB_INDEX["select"]]), bool(clocks)))
     assert {(True, False), (False, True), (True, True)} <= set(seen)
     # Blocks the rewrite has no model for are left alone.
-    start = 2 * N
-    np.testing.assert_array_equal(rewrite_row(row, np.random.default_rng(1))[start:
-                                  LAYOUT_STATS], row[start:LAYOUT_STATS])
-
-
-LAYOUT_STATS = sum(w for name, w in LAYOUT[: [n for n, _ in LAYOUT].index("stats")])
+    start, stats = 2 * N, OFFSETS["stats"]
+    np.testing.assert_array_equal(rewrite_row(row, np.random.default_rng(1))[start:stats],
+                                  row[start:stats])
 
 
 def test_copies_keep_their_label_and_run() -> None:

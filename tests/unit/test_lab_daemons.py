@@ -162,7 +162,7 @@ def test_add_refuses_a_bad_manifest_before_recording(tmp_path: Path, text: str,
 
     called = []
     monkeypatch.setattr(recorder, "record_extra_runs",
-                        lambda *a, **k: called.append(1) or ([], {}))
+                        lambda *a, **k: called.append(1) or ([], {}, 0))
     (tmp_path / "sandbox" / "www").mkdir(parents=True)
     (tmp_path / "sandbox" / "www" / "index.html").write_text("x")
     (tmp_path / "manifest.json").write_text(text)
@@ -179,7 +179,7 @@ def test_add_says_when_runs_failed_and_keeps_what_was_recorded(
     ok = {"run_id": "daemon-c-000", "label": "unknown", "malicious": False,
           "renamed": False, "hard_negative": True}
     monkeypatch.setattr(recorder, "record_extra_runs",
-                        lambda *a, **k: ([dict(ok)], {"planned_runs": 3}))
+                        lambda *a, **k: ([dict(ok)], {}, 2))
     (tmp_path / "sandbox" / "www").mkdir(parents=True)
     (tmp_path / "sandbox" / "www" / "index.html").write_text("x")
     old = [{"run_id": "ls-000", "label": "ls", "malicious": False,
@@ -191,4 +191,3 @@ def test_add_says_when_runs_failed_and_keeps_what_was_recorded(
         add_to_corpus(tmp_path, daemon_runs=1, jsminer_runs=0)
     runs = json.loads((tmp_path / "manifest.json").read_text())["runs"]
     assert [r["run_id"] for r in runs] == ["ls-000", "daemon-c-000"]
-    assert "planned_runs" not in json.loads((tmp_path / "manifest.json").read_text())
