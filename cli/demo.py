@@ -29,6 +29,7 @@ from systerns.core.verdicts import default_host
 from systerns.producers.publisher import Publisher
 from systerns.producers.sysdig import ReadStats, read_capture
 from systerns.schemas.codec import Codec
+from systerns.streams.offsets import watermarks
 
 log = structlog.get_logger(__name__)
 SHARED = Path(os.environ.get("SYSTERNS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -80,11 +81,9 @@ def count_topic(bootstrap: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "count",
                          "log_level": 0})
     md = consumer.list_topics(topic, timeout=10).topics[topic]
-    from confluent_kafka import TopicPartition
-
     total = 0
     for p in md.partitions:
-        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        lo, hi = watermarks(consumer, topic, p)
         total += hi - lo
     consumer.close()
     return total

@@ -43,6 +43,7 @@ from systerns.core.suppression import Suppressor
 from systerns.core.verdicts import VerdictPolicy
 from systerns.schemas.codec import Codec
 from systerns.schemas.records import record_to_batch
+from systerns.streams.offsets import watermarks
 
 log = structlog.get_logger(__name__)
 
@@ -272,14 +273,7 @@ class AlertIndex:
     def _high_watermark(consumer: Consumer, tp: TopicPartition,
                         timeout_s: float = 30.0) -> int:
         """The index's end offset, retried while a new topic's metadata spreads."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                return consumer.get_watermark_offsets(tp, timeout=10)[1]
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        return watermarks(consumer, tp.topic, tp.partition, timeout_s)[1]
 
     def seen(self, alert_id: str) -> bool:
         """Whether this alert id was emitted already (by any worker, any run)."""

@@ -27,6 +27,7 @@ from systerns.core.settings import Settings
 from systerns.core.verdicts import VerdictPolicy
 from systerns.schemas.codec import Codec
 from systerns.schemas.records import record_to_batch
+from systerns.streams.offsets import watermarks
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +71,7 @@ def resolve_range(consumer: Consumer, topic: str, start: tuple[str, int] | None,
     parts = sorted(md.partitions)
     lows, highs = {}, {}
     for p in parts:
-        lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-        lows[p], highs[p] = lo, hi
+        lows[p], highs[p] = watermarks(consumer, topic, p)
 
     def at(bound: tuple[str, int] | None, default: dict[int, int]) -> dict[int, int]:
         if bound is None:

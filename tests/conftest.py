@@ -79,6 +79,8 @@ def consume_all(broker: str, topic: str, *, expect: int | None = None,
 
     from confluent_kafka import Consumer, TopicPartition
 
+    from systerns.streams.offsets import watermarks
+
     c = Consumer({"bootstrap.servers": broker, "group.id": f"t-{uuid.uuid4().hex}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
                   "log_level": 0})
@@ -86,8 +88,7 @@ def consume_all(broker: str, topic: str, *, expect: int | None = None,
     try:
         md = c.list_topics(topic, timeout=10).topics.get(topic)
         parts = sorted(md.partitions) if md is not None and md.partitions else []
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in parts}
+        ends = {p: watermarks(c, topic, p)[1] for p in parts}
         todo = {p for p, hi in ends.items() if hi > 0}
         if expect is None and not todo:
             return out
