@@ -2,7 +2,7 @@
 
 Records common commands with varied arguments, renamed copies of some,
 CPU-heavy benign hard negatives, the real XMRig miner in benchmark mode and the
-lab's own C and Node miners against a fake pool (each inside its own network
+lab's own C, Node and Perl miners against a fake pool (each inside its own network
 namespace), long-running benign services in five runtimes, and the held-out
 Kinsing-like family, then writes ``manifest.json`` (runs,
 labels, hashes, tool versions, split by run).
@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
         HARD_RUNS_PER_VARIANT,
         JSMINER_RUNS,
         MINER_RUNS,
+        PLMINER_RUNS,
         RUNS_PER_COMMAND,
         add_to_corpus,
         build_corpus,
@@ -39,11 +40,16 @@ def main(argv: list[str]) -> int:
                    help="runs of the lab's own C miner")
     p.add_argument("--jsminer-runs", type=int, default=JSMINER_RUNS,
                    help="runs of the lab's own Node miner")
+    p.add_argument("--plminer-runs", type=int, default=PLMINER_RUNS,
+                   help="runs of the lab's own Perl miner")
     p.add_argument("--daemon-runs", type=int, default=DAEMON_RUNS,
                    help="runs of each long-running lab service (0: none)")
     p.add_argument("--add", action="store_true",
-                   help="record only the services and the Node miner into the "
-                        "existing corpus at --out (other runs are kept)")
+                   help="record only the services and the Node and Perl miners "
+                        "into the existing corpus at --out (other runs are kept)")
+    p.add_argument("--runtimes", default=None,
+                   help="with --add: only the services of these runtimes "
+                        "(comma-separated, e.g. pylegacy)")
     p.add_argument("--no-miner", action="store_true")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=2)
@@ -53,9 +59,13 @@ def main(argv: list[str]) -> int:
         print(f"lab: {done}/{total} {run_id}", file=sys.stderr, flush=True)
 
     if args.add:
+        runtimes = (frozenset(r.strip() for r in args.runtimes.split(",") if r.strip())
+                    if args.runtimes else None)
         print(add_to_corpus(args.out, daemon_runs=args.daemon_runs,
                             jsminer_runs=0 if args.no_miner else args.jsminer_runs,
-                            workers=args.workers, progress=progress))
+                            plminer_runs=0 if args.no_miner else args.plminer_runs,
+                            runtimes=runtimes, workers=args.workers,
+                            progress=progress))
         return 0
     manifest = build_corpus(args.out, runs_per_command=args.runs_per_command,
                             include_miner=not args.no_miner, seed=args.seed,
@@ -64,6 +74,7 @@ def main(argv: list[str]) -> int:
                             miner_runs=args.miner_runs,
                             cminer_runs=args.cminer_runs,
                             daemon_runs=args.daemon_runs,
-                            jsminer_runs=args.jsminer_runs)
+                            jsminer_runs=args.jsminer_runs,
+                            plminer_runs=args.plminer_runs)
     print(manifest)
     return 0

@@ -5,8 +5,12 @@ talks on a socket now and then. So is every container daemon: ``dockerd``,
 ``containerd`` and their shims (Go), JVM services, Node services, threaded C
 servers. A corpus of short command-line runs has none of them, and a model
 trained on it reads any quiet long-lived process as a miner. These runs are
-the counter-examples: small services of the lab's own in five runtimes (Go,
-C with pthreads, Node with worker threads, Java, Python threads), plus the
+the counter-examples: small services of the lab's own in six runtimes (Go,
+C with pthreads, Node with worker threads, Java, Python threads, Perl with an
+``IO::Select`` loop and ithreads), the C service again waiting in ``select``
+as older servers and terminal programs do (``cselect``), the Python service
+again waiting the way Python 2 programs do on a clock without vDSO
+(``pylegacy``: ``select`` sleeps, ``gettimeofday`` system calls), plus the
 real ``dbus-daemon`` idling, each recorded under strace for several seconds,
 idle or under light HTTP load from the recorder.
 
@@ -18,7 +22,8 @@ C services are compiled when the corpus is recorded (``go build``, ``gcc``).
 
 Their label is ``unknown`` (not one of the catalog's commands, so the command
 output should answer "unknown", which raises no masquerading alert), except
-the Python service, whose label is ``python3`` as for every Python run.
+the Python and Perl services, labelled ``python3`` and ``perl`` as every run of
+those interpreters is.
 """
 
 from __future__ import annotations
@@ -66,6 +71,11 @@ RUNTIMES: tuple[Runtime, ...] = (
     Runtime("java", UNKNOWN_LABEL, "java"),
     Runtime("python", "python3", "python3"),
     Runtime("dbus", UNKNOWN_LABEL, "dbus-daemon"),
+    # The Python service waiting as Python 2 did on a clock without vDSO
+    # (``labd.py --legacy``): select sleeps, gettimeofday system calls.
+    Runtime("pylegacy", "python3", "python3"),
+    Runtime("cselect", UNKNOWN_LABEL, "labd-c"),
+    Runtime("perl", "perl", "perl"),
 )
 
 
@@ -109,6 +119,8 @@ def build_daemons(cache_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
         info[f"{name}_source_sha256"] = hashlib.sha256(
             (SOURCES / source).read_bytes()).hexdigest()
         info[f"{name}_binary_sha256"] = sha256_file(out)
+    if "c" in found and any(rt.name == "cselect" for rt in RUNTIMES):
+        found["cselect"] = found["c"]  # the same build, run with -s
     for rt in RUNTIMES:
         if rt.name in found:
             continue
@@ -131,8 +143,12 @@ def _args(rt: str, exe: Path, sb: Sandbox, wd: Path, tick: int,
         if rng.random() < 0.5:
             argv.append("-hash")
         return [*argv, "-port", str(port)]
-    if rt == "c":
-        return [str(exe), www, logf, str(tick), str(workers), str(port)]
+    if rt in ("c", "cselect"):
+        flag = ["-s"] if rt == "cselect" else []
+        return [str(exe), *flag, www, logf, str(tick), str(workers), str(port)]
+    if rt == "perl":
+        return [str(exe), str(SOURCES / "labd.pl"), www, logf, str(tick),
+                str(workers), str(port)]
     if rt == "node":
         return [str(exe), str(SOURCES / "labd.js"), www, logf, str(tick),
                 str(rng.choice((0, 1, 2, 4))), str(port)]
@@ -141,8 +157,9 @@ def _args(rt: str, exe: Path, sb: Sandbox, wd: Path, tick: int,
                 f"-XX:ActiveProcessorCount={rng.choice((1, 2))}",
                 str(SOURCES / "Labd.java"), www, logf, str(tick), str(workers),
                 str(port)]
-    if rt == "python":
-        return [str(exe), str(SOURCES / "labd.py"), www, logf, str(tick),
+    if rt in ("python", "pylegacy"):
+        legacy = ["--legacy"] if rt == "pylegacy" else []
+        return [str(exe), str(SOURCES / "labd.py"), *legacy, www, logf, str(tick),
                 str(workers), str(port)]
     return [str(exe), "--session", "--nofork", "--nopidfile",
             f"--address=unix:path={wd / 'bus'}"]

@@ -61,13 +61,15 @@ from systerns.lab.miner import (
     plan_miner_runs,
 )
 from systerns.lab.daemons import build_daemons, plan_daemon_runs
-from systerns.lab.jsminer import (
-    JSMINER_LABEL,
-    find_node,
-    plan_jsminer_runs,
-    record_jsminer_run,
-)
+from systerns.lab.jsminer import JSMINER, JSMINER_LABEL
+from systerns.lab.plminer import PLMINER, PLMINER_LABEL
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
+from systerns.lab.scriptminer import (
+    ScriptMiner,
+    find_runtime,
+    plan_script_miner_runs,
+    record_script_miner_run,
+)
 from systerns.lab.server import lab_http_server
 from systerns.lab.tracefile import trace_facts
 from systerns.producers.trace import STRACE_OPTIONS, record, strace_version
@@ -85,11 +87,13 @@ MINER_RUNS = 32
 #: Runs of the lab's C miner (``lab.cminer``) in the default corpus.
 CMINER_RUNS = 200
 #: Labels of the training miners (the held-out family is not one of them).
-MINER_LABELS = frozenset({MINER_LABEL, CMINER_LABEL, JSMINER_LABEL})
+MINER_LABELS = frozenset({MINER_LABEL, CMINER_LABEL, JSMINER_LABEL, PLMINER_LABEL})
 #: Runs of each lab service (``lab.daemons``; half as many of dbus-daemon).
 DAEMON_RUNS = 24
 #: Runs of the lab's Node miner.
 JSMINER_RUNS = 72
+#: Runs of the lab's Perl miner in a default corpus.
+PLMINER_RUNS = 72
 #: Runs of the held-out attack family (``lab.kinsing``) in the default corpus.
 FAMILY_RUNS = 6
 Progress = Callable[[int, int, str], None]
@@ -303,6 +307,7 @@ def build_corpus(
     cminer_runs: int | None = None,
     daemon_runs: int = DAEMON_RUNS,
     jsminer_runs: int | None = None,
+    plminer_runs: int | None = None,
 ) -> Path:
     """Record the lab corpus into ``out_dir`` and write its manifest.
 
@@ -324,6 +329,7 @@ def build_corpus(
         daemon_runs: runs of each lab service (``lab.daemons``; 0: none).
         jsminer_runs: runs of the lab's Node miner; ``JSMINER_RUNS`` when None
             and the miner is included, else none.
+        plminer_runs: runs of the lab's Perl miner, as ``jsminer_runs``.
 
     Returns:
         The manifest's path.
@@ -432,9 +438,10 @@ def build_corpus(
                 progress(len(results), total, spec.run_id)
 
     n_js = (JSMINER_RUNS if include_miner else 0) if jsminer_runs is None else jsminer_runs
+    n_pl = (PLMINER_RUNS if include_miner else 0) if plminer_runs is None else plminer_runs
     extra, extra_info, _ = record_extra_runs(
         sb, out_dir / "cache", traces, daemon_runs=daemon_runs,
-        jsminer_runs=n_js, seed=seed, workers=workers,
+        jsminer_runs=n_js, plminer_runs=n_pl, seed=seed, workers=workers,
     )
     results += extra
     assign_splits(results, seed)
@@ -490,45 +497,57 @@ def record_extra_runs(
     jsminer_runs: int,
     seed: int,
     workers: int,
+    plminer_runs: int = 0,
+    runtimes: frozenset[str] | None = None,
     progress: Progress | None = None,
 ) -> tuple[list[dict], dict, int]:
-    """Record the lab services (hard negatives) and the Node miner runs.
+    """Record the lab services (hard negatives) and the script miners' runs.
+
+    Args:
+        runtimes: record only the services of these runtimes (all when None).
 
     Returns:
         Their manifest entries (no split yet), the manifest's provenance keys
-        (``daemons``, ``jsminer``) for what was recorded, and how many planned
-        runs failed to record (each logged as ``lab_run_failed``).
+        (``daemons``, ``jsminer``, ``plminer``) for what was recorded, and how
+        many planned runs failed to record (each logged as ``lab_run_failed``).
 
     Raises:
-        SourceError: the Node miner was asked for and node is missing,
+        SourceError: a script miner was asked for and its runtime is missing,
             ``unshare -n`` fails, or a service does not build.
     """
     specs: list[RunSpec] = []
     info: dict = {}
     if daemon_runs > 0:
         programs, built = build_daemons(cache)
+        if runtimes is not None:
+            programs = {k: v for k, v in programs.items() if k in runtimes}
         specs = plan_daemon_runs(sb, programs, runs_per_runtime=daemon_runs, seed=seed)
         info["daemons"] = built | {"runtimes": ",".join(sorted(programs))}
-    js: list[CminerRun] = []
-    if jsminer_runs > 0:
+    miners: dict[str, ScriptMiner] = {}
+    script_runs: list[CminerRun] = []
+    for miner, n in ((JSMINER, jsminer_runs), (PLMINER, plminer_runs)):
+        if n <= 0:
+            continue
         if not check_netns():
             raise SourceError("`unshare -n` does not work here; the miner never "
                               "runs with network access")
-        node, info["jsminer"] = find_node()
-        js = plan_jsminer_runs(sb, node, n_runs=jsminer_runs, seed=seed)
-    total = len(specs) + len(js)
+        exe, info[miner.label] = find_runtime(miner)
+        planned = plan_script_miner_runs(miner, sb, exe, n_runs=n, seed=seed)
+        miners |= {run.run_id: miner for run in planned}
+        script_runs = _interleave(script_runs, planned)
+    total = len(specs) + len(script_runs)
     out: list[dict] = []
 
     def one(spec: RunSpec | CminerRun) -> dict | None:
         try:
             if isinstance(spec, CminerRun):
-                return record_jsminer_run(spec, traces)
+                return record_script_miner_run(miners[spec.run_id], spec, traces)
             return _record_run(spec, sb, traces, keep_work=False)
         except SourceError as exc:
             log.error("lab_run_failed", run_id=spec.run_id, error=str(exc))
             return None
 
-    todo: list[RunSpec | CminerRun] = _interleave(list(specs), list(js))
+    todo: list[RunSpec | CminerRun] = _interleave(list(specs), script_runs)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for spec, res in zip(todo, pool.map(one, todo), strict=True):
             if res is not None:
@@ -545,12 +564,16 @@ def add_to_corpus(
     jsminer_runs: int = JSMINER_RUNS,
     workers: int = 2,
     progress: Progress | None = None,
+    plminer_runs: int = 0,
+    runtimes: frozenset[str] | None = None,
 ) -> Path:
-    """Record the services and the Node miner into an existing corpus.
+    """Record the services and the script miners into an existing corpus.
 
     The runs already in the manifest and their traces stay as they are; runs
-    of the kinds recorded now (services when ``daemon_runs``, Node miner when
-    ``jsminer_runs``) that an earlier addition made are replaced. New runs get their split
+    of the kinds recorded now (the services of each runtime recorded when
+    ``daemon_runs``, all of them unless ``runtimes`` names some; the Node or
+    Perl miner when ``jsminer_runs`` or ``plminer_runs``) that an earlier
+    addition made are replaced. New runs get their split
     from ``assign_splits`` with the corpus's seed (per label, so the splits of
     existing labels do not move). The manifest says which build added what.
 
@@ -581,21 +604,34 @@ def add_to_corpus(
     t0 = time.monotonic()
     new, info, failed = record_extra_runs(
         sb, out_dir / "cache", out_dir / "traces", daemon_runs=daemon_runs,
-        jsminer_runs=jsminer_runs, seed=seed, workers=workers, progress=progress,
+        jsminer_runs=jsminer_runs, plminer_runs=plminer_runs, runtimes=runtimes,
+        seed=seed, workers=workers, progress=progress,
     )
     assign_splits(new, seed)
     # Every new run id starts with one of these prefixes.
-    replaced = tuple(prefix for prefix, n in (("daemon-", daemon_runs),
-                                              (f"{JSMINER_LABEL}-", jsminer_runs))
-                     if n > 0)
+    services = (["daemon-"] if runtimes is None
+                else [f"daemon-{rt}-" for rt in sorted(runtimes)])
+    replaced = tuple(
+        (services if daemon_runs > 0 else [])
+        + [f"{label}-" for label, n in ((JSMINER_LABEL, jsminer_runs),
+                                        (PLMINER_LABEL, plminer_runs)) if n > 0])
     kept = [r for r in manifest["runs"] if not r["run_id"].startswith(replaced)]
     manifest["runs"] = kept + new
-    manifest.update(info)
+    for key, value in info.items():
+        before = manifest.get(key)
+        if key == "daemons" and isinstance(before, dict):
+            # Services of runtimes not recorded now keep their provenance.
+            value = before | value | {"runtimes": ",".join(sorted(
+                set(before.get("runtimes", "").split(",")) - {""}
+                | set(value["runtimes"].split(",")) - {""}))}
+        manifest[key] = value
     manifest["counts"] = _counts(manifest["runs"])
     manifest.setdefault("additions", []).append({
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "daemon_runs": daemon_runs,
         "jsminer_runs": jsminer_runs,
+        "plminer_runs": plminer_runs,
+        "daemon_runtimes": ",".join(sorted(runtimes)) if runtimes else "all",
         "runs": len(new),
         "wall_s": round(time.monotonic() - t0, 1),
     })

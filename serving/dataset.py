@@ -254,8 +254,9 @@ def build_split(runs: Sequence[RunRows], classes: Sequence[str]) -> Split:
     )
 
 
-def build_dataset(corpus_dir: Path, policy: SessionPolicy | None = None) -> Dataset:
-    """Read the corpus and build both splits.
+def build_dataset(corpus_dir: Path, policy: SessionPolicy | None = None, *,
+                  exclude_labels: frozenset[str] = frozenset()) -> Dataset:
+    """Read the corpus and build both splits, without runs of ``exclude_labels``.
 
     Raises:
         FileNotFoundError: no corpus manifest.
@@ -263,7 +264,8 @@ def build_dataset(corpus_dir: Path, policy: SessionPolicy | None = None) -> Data
             training side is empty.
     """
     digest = corpus_hash(corpus_dir)
-    runs = extract_runs(corpus_dir, load_runs(corpus_dir), policy)
+    kept = [r for r in load_runs(corpus_dir) if r.get("label") not in exclude_labels]
+    runs = extract_runs(corpus_dir, kept, policy)
     return dataset_from_runs(runs, digest)
 
 

@@ -536,11 +536,23 @@ def evaluate(
         ModelError: no model at ``model_dir``.
         FileNotFoundError: no corpus manifest.
     """
+    from systerns.serving.export import read_metadata
+
     model = LocalModel(model_dir)
     digest = corpus_hash(corpus_dir)
     all_runs = load_runs(corpus_dir)
-    test_runs = [r for r in all_runs if r.get("split") == "test"]
-    train_runs = [r for r in all_runs if r.get("split") == "train"]
+    # Labels the model was trained without: the baselines learn without them
+    # too, and their test runs are scored apart, as an implementation unseen.
+    try:
+        excluded = frozenset(read_metadata(model.path).get("excluded_labels") or ())
+    except FileNotFoundError:
+        excluded = frozenset()
+    unseen_runs = [r for r in all_runs
+                   if r.get("split") == "test" and r.get("label") in excluded]
+    test_runs = [r for r in all_runs
+                 if r.get("split") == "test" and r.get("label") not in excluded]
+    train_runs = [r for r in all_runs
+                  if r.get("split") == "train" and r.get("label") not in excluded]
     family_runs = [r for r in all_runs if r.get("split") == HELD_OUT]
     split = build_split(extract_runs(corpus_dir, test_runs), model.classes)
     threshold = model.malicious_threshold
@@ -553,6 +565,7 @@ def evaluate(
         "corpus_runs": len(all_runs),
         "train_runs_in_corpus": len(train_runs),
         "held_out_family_runs_in_corpus": len(family_runs),
+        "excluded_labels": sorted(excluded),
     }
     _, truth, score = session_level(split, mal)
     metrics["session_threshold_fpr_0_001"] = threshold_for_fpr(truth, score, 0.001)
@@ -575,6 +588,8 @@ def evaluate(
             m["miner_time_to_alert_s"] = time_to_alert(split, b_mal, b_thr)
             metrics["baselines"][name] = m
     metrics["held_out_family"] = score_held_out_family(model, family_runs, ngram)
+    if unseen_runs:
+        metrics["excluded_label_runs"] = score_held_out_family(model, unseen_runs, ngram)
     if captures:
         metrics["captures"] = score_captures(model, captures)
         metrics["captures_merged"] = score_captures(model, captures, merged=True)

@@ -307,6 +307,32 @@ def write_full_report(
     else:
         lines.append("This corpus has no held-out attack family.")
 
+    unseen = metrics.get("excluded_label_runs", {})
+    if unseen.get("runs"):
+        lines += [
+            "",
+            "## Labels left out of training",
+            "",
+            f"The model was trained without {', '.join(metrics['excluded_labels'])}"
+            " (its metadata lists them); the n-gram baseline learnt without them"
+            " too, and the figures above leave their test runs out. Those runs"
+            " are judged here, session by session, like the held-out family.",
+            "",
+            f"- crypto_mining (p >= threshold): {unseen['flagged_runs']}/{unseen['runs']}"
+            f" runs; with p >= 0.9 within 10 s: {unseen['flagged_p_0_9_within_10s_runs']}"
+            f"/{unseen['runs']}; n-gram LR: {_cell(unseen['ngram_flagged_runs'])}"
+            f"/{unseen['runs']}; name rule: {unseen['name_rule_flagged_runs']}"
+            f"/{unseen['runs']}",
+            "",
+            "| run | shown name | max p | behaves like | first p alert s |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['run_id']} | {r['shown_name']} | {r['max_malicious']}"
+            f" | {r['max_malicious_behaves_like']} | {_cell(r['first_alert_s'])} |"
+            for r in unseen["per_run"]
+        ]
+
     if caps:
         lines += [
             "",

@@ -45,6 +45,7 @@ def train(
     config: FitConfig | None = None,
     threshold: float = DEFAULT_MALICIOUS_THRESHOLD,
     overwrite: bool = False,
+    exclude_labels: frozenset[str] = frozenset(),
 ) -> Path:
     """Train on the corpus's train runs and export one version.
 
@@ -57,6 +58,9 @@ def train(
         config: hyper-parameters; ``FitConfig()`` when None.
         threshold: malicious probability to alert at, stored in the model.
         overwrite: replace an existing version folder.
+        exclude_labels: labels whose runs are left out of both splits (the
+            model never learns them; its metadata lists them). An evaluation
+            of the same corpus still scores their test runs, as unseen.
 
     Returns:
         The version folder.
@@ -73,7 +77,7 @@ def train(
     if target.exists() and not overwrite:
         raise FileExistsError(target)
 
-    data = build_dataset(corpus_dir)
+    data = build_dataset(corpus_dir, exclude_labels=exclude_labels)
     return train_on(
         data,
         out_base,
@@ -84,6 +88,7 @@ def train(
         threshold=threshold,
         overwrite=overwrite,
         started=started,
+        excluded=exclude_labels,
     )
 
 
@@ -98,6 +103,7 @@ def train_on(
     threshold: float,
     overwrite: bool = False,
     started: float | None = None,
+    excluded: frozenset[str] = frozenset(),
 ) -> Path:
     """Fit, export and describe a version from an already built dataset.
 
@@ -138,7 +144,9 @@ def train_on(
             "input_transform": config.input_transform,
             "mask_unseen": config.mask_unseen,
             "dialect_share": config.dialect_share,
+            "fold_fast_gaps": config.fold_fast_gaps,
         },
+        "excluded_labels": sorted(excluded),
         "train_runs": data.train.n_runs,
         "train_rows": len(data.train),
         "test_runs": data.test.n_runs,
@@ -177,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=None)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--exclude-label", action="append", default=[],
+                        help="leave this label's runs out (repeatable)")
     args = parser.parse_args(argv)
     try:
         train(
@@ -186,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             version=args.version,
             seed=args.seed,
             overwrite=args.overwrite,
+            exclude_labels=frozenset(args.exclude_label),
         )
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         log.error("training_failed", error=str(exc))

@@ -3,9 +3,10 @@
  * benign hard negative. A listener thread accepts connections on 127.0.0.1
  * and queues them to a pool of worker threads (mutex and condition variable,
  * so futex waits), which answer with a file of the served folder; a ticker
- * thread checks the folder on a timer and appends log lines.
+ * thread checks the folder on a timer and appends log lines. With -s, every
+ * wait is a select() instead (listener and ticker), as in older servers.
  *
- * Usage: labd DIR LOGFILE TICK_MS WORKERS PORT   (TICK_MS 0: no ticker)
+ * Usage: labd [-s] DIR LOGFILE TICK_MS WORKERS PORT   (TICK_MS 0: no ticker)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -27,6 +29,7 @@
 
 static const char *folder;
 static long tick_ms;
+static int use_select;
 static FILE *logf;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ready = PTHREAD_COND_INITIALIZER;
@@ -94,7 +97,12 @@ static void *ticker(void *arg) {
     struct timespec pause = {tick_ms / 1000, (tick_ms % 1000) * 1000000L};
     char path[4096];
     for (;;) {
-        nanosleep(&pause, NULL);
+        if (use_select) {
+            struct timeval tv = {tick_ms / 1000, (tick_ms % 1000) * 1000L};
+            select(0, NULL, NULL, NULL, &tv);
+        } else {
+            nanosleep(&pause, NULL);
+        }
         DIR *d = opendir(folder);
         if (!d) continue;
         long files = 0, bytes = 0;
@@ -114,8 +122,13 @@ static void *ticker(void *arg) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 7 && strcmp(argv[1], "-s") == 0) {
+        use_select = 1;
+        argv++;
+        argc--;
+    }
     if (argc != 6) {
-        fprintf(stderr, "usage: labd DIR LOGFILE TICK_MS WORKERS PORT\n");
+        fprintf(stderr, "usage: labd [-s] DIR LOGFILE TICK_MS WORKERS PORT\n");
         return 2;
     }
     folder = argv[1];
@@ -136,7 +149,15 @@ int main(int argc, char **argv) {
     if (tick_ms > 0) pthread_create(&t, NULL, ticker, NULL);
     struct pollfd p = {.fd = ls, .events = POLLIN};
     for (;;) {
-        if (poll(&p, 1, 1000) <= 0) continue;
+        if (use_select) {
+            fd_set r;
+            FD_ZERO(&r);
+            FD_SET(ls, &r);
+            struct timeval tv = {1, 0};
+            if (select(ls + 1, &r, NULL, NULL, &tv) <= 0) continue;
+        } else if (poll(&p, 1, 1000) <= 0) {
+            continue;
+        }
         int fd = accept(ls, NULL, NULL);
         if (fd < 0) continue;
         pthread_mutex_lock(&lock);

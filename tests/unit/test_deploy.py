@@ -622,6 +622,22 @@ def test_exported_versions_exist_for_the_config() -> None:
         assert (export / str(version) / "saved_model.pb").is_file(), version
 
 
+def test_deployments_serve_the_newest_exported_version() -> None:
+    """Live traffic gets the highest listed version: it must be the newest one."""
+    export = ROOT / "models" / MODEL_NAME
+    if not export.is_dir():
+        pytest.skip("models/systerns not exported yet (run `systerns train`)")
+    exported = [int(d.name) for d in export.iterdir()
+                if d.name.isdigit() and (d / "saved_model.pb").is_file()]
+    versions = (
+        models_config()
+        .model_config_list.config[0]
+        .model_version_policy.specific.versions
+    )
+
+    assert max(versions) == max(exported)
+
+
 def test_batching_config_is_consistent() -> None:
     # Structural check: BatchingParameters' proto is not in tensorflow-serving-api.
     text = (SERVING_DIR / "batching.config").read_text()

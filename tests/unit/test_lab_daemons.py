@@ -51,8 +51,8 @@ def test_daemon_plan_covers_every_runtime_idle_and_loaded(tmp_path: Path) -> Non
     assert len({r.run_id for r in runs}) == len(runs)
     for r in runs:
         assert r.hard_negative and not r.malicious and not r.netns
-        assert r.label == ("python3" if r.variant.startswith("daemon_python")
-                           else UNKNOWN_LABEL)
+        labels = {"python": "python3", "pylegacy": "python3", "perl": "perl"}
+        assert r.label == labels.get(r.variant.split("_")[1], UNKNOWN_LABEL)
         assert daemons.SECONDS_RANGE[0] <= r.timeout_s <= daemons.SECONDS_RANGE[1]
         if r.load == "http":
             assert 1024 <= int(r.argv[-1]) < 65536
@@ -191,3 +191,124 @@ def test_add_says_when_runs_failed_and_keeps_what_was_recorded(
         add_to_corpus(tmp_path, daemon_runs=1, jsminer_runs=0)
     runs = json.loads((tmp_path / "manifest.json").read_text())["runs"]
     assert [r["run_id"] for r in runs] == ["ls-000", "daemon-c-000"]
+
+
+def test_add_with_runtimes_replaces_only_those_services(
+        tmp_path: Path, monkeypatch) -> None:
+    """``--runtimes pylegacy`` keeps the other services and merges provenance."""
+    from systerns.lab import recorder
+
+    seen = {}
+
+    def fake(*a, **k):
+        seen.update(k)
+        return ([{"run_id": "daemon-pylegacy-000", "label": "python3",
+                  "malicious": False, "renamed": False, "hard_negative": True}],
+                {"daemons": {"runtimes": "pylegacy"}}, 0)
+
+    monkeypatch.setattr(recorder, "record_extra_runs", fake)
+    (tmp_path / "sandbox" / "www").mkdir(parents=True)
+    (tmp_path / "sandbox" / "www" / "index.html").write_text("x")
+    old = [{"run_id": "daemon-python-000", "label": "python3", "malicious": False,
+            "renamed": False, "split": "train", "hard_negative": True},
+           {"run_id": "daemon-pylegacy-000", "label": "python3", "malicious": False,
+            "renamed": False, "split": "test", "hard_negative": True}]
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "seed": 7, "runs": old,
+        "daemons": {"runtimes": "c,go,python", "go_source_sha256": "ab"}}))
+    add_to_corpus(tmp_path, daemon_runs=1, jsminer_runs=0,
+                  runtimes=frozenset({"pylegacy"}))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+
+    assert seen["runtimes"] == frozenset({"pylegacy"})
+    assert [r["run_id"] for r in manifest["runs"]] == ["daemon-python-000",
+                                                       "daemon-pylegacy-000"]
+    assert manifest["runs"][1]["split"] in {"train", "test"}
+    assert manifest["daemons"] == {"runtimes": "c,go,pylegacy,python",
+                                   "go_source_sha256": "ab"}
+    assert manifest["additions"][-1]["daemon_runtimes"] == "pylegacy"
+
+
+def test_plminer_plan_talks_only_to_loopback(tmp_path: Path) -> None:
+    """Perl-miner runs: own label and folder, loopback pool, renamed copies of perl."""
+    from systerns.lab.plminer import PLMINER, PLMINER_LABEL
+    from systerns.lab.scriptminer import plan_script_miner_runs
+
+    sb = _sandbox(tmp_path)
+    perl = tmp_path / "perl"
+    perl.write_bytes(b"\x7fELF")
+    runs = plan_script_miner_runs(PLMINER, sb, perl, n_runs=12, seed=7)
+
+    assert (sb.root / PLMINER_LABEL / "plminer.pl").is_file()
+    assert all(r.run_id.startswith(f"{PLMINER_LABEL}-") for r in runs)
+    assert {r.name for r in runs} > {"perl"}
+    for r in runs:
+        assert r.argv[1] == "plminer.pl" and r.argv[2].endswith("127.0.0.1:3333")
+        assert r.argv[7] in PLMINER.algorithms and int(r.argv[6]) >= 1
+
+
+@needs_strace
+@pytest.mark.slow
+def test_one_plminer_run_mines_over_stratum(tmp_path: Path) -> None:
+    """The Perl miner runs ithreads and submits shares to the lab pool."""
+    from systerns.lab.plminer import PLMINER
+    from systerns.lab.scriptminer import (
+        find_runtime,
+        plan_script_miner_runs,
+        record_script_miner_run,
+    )
+
+    if shutil.which("perl") is None or not check_netns():
+        pytest.skip("perl or unshare -n unavailable")
+    perl, info = find_runtime(PLMINER)
+    sb = _sandbox(tmp_path)
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    run = dataclasses.replace(
+        plan_script_miner_runs(PLMINER, sb, perl, n_runs=2, seed=7)[1], seconds=4.0)
+
+    entry = record_script_miner_run(PLMINER, run, traces)
+    text = (tmp_path / entry["trace"]).read_text()
+
+    assert info["source_sha256"] and entry["label"] == "plminer"
+    assert entry["malicious"] and entry["netns"] and entry["renamed"]
+    assert 'inet_addr("127.0.0.1")' in text and "htons(3333)" in text
+    assert "mining.subscribe" in text and "mining.submit" in text
+    assert text.count("clone") >= 2
+
+
+@needs_strace
+def test_legacy_python_service_waits_in_select_and_reads_the_clock_by_syscall(
+        tmp_path: Path) -> None:
+    """``labd.py --legacy``: sleeps are select calls, clock reads gettimeofday calls."""
+    import subprocess
+    import sys
+
+    from systerns.lab.server import free_port
+
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "a.txt").write_text("x")
+    out = tmp_path / "trace"
+    subprocess.run(["timeout", "3", "strace", "-f", "-o", str(out), sys.executable,
+                    str(daemons.SOURCES / "labd.py"), "--legacy", str(www),
+                    str(tmp_path / "log"), "100", "2", str(free_port())],
+                   check=False, capture_output=True)
+    text = out.read_text()
+    assert text.count("gettimeofday(") > 20
+    assert text.count("pselect6(") + text.count("select(") > 20
+    assert "clock_nanosleep(" not in text
+
+
+def test_select_and_perl_services_keep_the_port_last(tmp_path: Path) -> None:
+    """``cselect`` runs the C build with ``-s``; Perl runs ``labd.pl``; port last."""
+    sb = _sandbox(tmp_path)
+    programs = {"cselect": tmp_path / "labd-c", "perl": tmp_path / "perl"}
+    runs = plan_daemon_runs(sb, programs, runs_per_runtime=2, seed=7)
+    by_rt = {r.variant.split("_")[1]: r for r in runs}
+
+    assert by_rt["cselect"].argv[:2] == (str(tmp_path / "labd-c"), "-s")
+    assert by_rt["perl"].argv[1].endswith("labd.pl") and by_rt["perl"].label == "perl"
+    assert by_rt["cselect"].label == UNKNOWN_LABEL
+    for r in runs:
+        assert 1024 <= int(r.argv[-1]) < 65536

@@ -270,3 +270,61 @@ def test_features_unseen_in_training_do_not_move_the_outputs(tmp_path: Path) -> 
     out = bare.predict(probe, verbose=0)["command_probs"]
     out_unseen = bare.predict(probe_unseen, verbose=0)["command_probs"]
     assert not np.allclose(out, out_unseen, atol=1e-4)
+
+
+def test_fast_gaps_read_as_the_third_bucket_after_export(tmp_path: Path) -> None:
+    """Gap mass under ~8 us (sysdig's, never strace's) counts as bucket 2's."""
+    from systerns.core.features import OFFSETS
+    from systerns.core.sessions import SHAPE_BUCKETS
+
+    rng = np.random.default_rng(5)
+    x = rng.random((2, FEATURE_DIM)).astype(np.float32) * 0.1
+    folded = x.copy()
+    for start in [OFFSETS["gap_share"] + c * SHAPE_BUCKETS for c in range(3)] + [
+            OFFSETS["gap_time_share"]]:
+        folded[:, start + 2] += folded[:, start] + folded[:, start + 1]
+        folded[:, start:start + 2] = 0.0
+    on = build_model(3, FitConfig(members=1, hidden_units=(8,), mask_unseen=False))
+    staged = stage(on, ("a", "b", UNKNOWN), tmp_path, "m", 1, threshold=0.9)
+    local = LocalModel(staged, version=1)
+    for got, want in zip(local.predict_arrays(x), local.predict_arrays(folded),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # Without the fold, the same rows read differently.
+    off = build_model(3, FitConfig(members=1, hidden_units=(8,), mask_unseen=False,
+                                   fold_fast_gaps=False))
+    a = off.predict(x, verbose=0)["command_probs"]
+    b = off.predict(folded, verbose=0)["command_probs"]
+    assert not np.allclose(a, b, atol=1e-5)
+
+
+def test_excluded_label_is_never_learnt(plumbing_corpus: Path) -> None:
+    """``exclude_labels`` leaves a label's runs out of both splits."""
+    label = sorted(PATTERNS)[0]
+    data = dataset_module.build_dataset(plumbing_corpus,
+                                        exclude_labels=frozenset({label}))
+    kept = dataset_module.build_dataset(plumbing_corpus)
+
+    assert label not in data.classes and label in kept.classes
+    assert data.train.n_runs == kept.train.n_runs - 4
+    assert data.test.n_runs == kept.test.n_runs - 2
+    assert not any(r.startswith(f"{label}-") for r in data.train.run_ids.tolist())
+
+
+def test_evaluate_scores_excluded_labels_apart(plumbing_corpus: Path, tmp_path: Path) -> None:
+    """A label left out of training is judged apart, not counted as a wrong answer."""
+    base = tmp_path / "models"
+    config = FitConfig(members=1, epochs=30, hidden_units=(16,), learning_rate=2e-2)
+    path = train(plumbing_corpus, base, version=1, seed=1, config=config,
+                 exclude_labels=frozenset({"plumbing_miner"}))
+    report = tmp_path / "report.md"
+    metrics = evaluate(base / "systerns", plumbing_corpus, report_path=report)
+
+    assert read_metadata(path)["excluded_labels"] == ["plumbing_miner"]
+    assert metrics["excluded_labels"] == ["plumbing_miner"]
+    assert metrics["runs"] == 4 and metrics["top1_accuracy_runs"] == 1.0
+    unseen = metrics["excluded_label_runs"]
+    assert unseen["runs"] == 2
+    assert {r["run_id"] for r in unseen["per_run"]} == {"plumbing_miner-4",
+                                                        "plumbing_miner-5"}
+    assert "## Labels left out of training" in report.read_text()
