@@ -3,7 +3,8 @@
 Records common commands with varied arguments, renamed copies of some,
 CPU-heavy benign hard negatives, the real XMRig miner in benchmark mode and the
 lab's own C, Node and Perl miners against a fake pool (each inside its own network
-namespace), long-running benign services in five runtimes, and the held-out
+namespace), long-running benign services in six runtimes (some waiting
+in select or in Python 2's dialect), and the held-out
 Kinsing-like family, then writes ``manifest.json`` (runs,
 labels, hashes, tool versions, split by run).
 """
@@ -58,6 +59,8 @@ def main(argv: list[str]) -> int:
     def progress(done: int, total: int, run_id: str = "", *_: object) -> None:
         print(f"lab: {done}/{total} {run_id}", file=sys.stderr, flush=True)
 
+    if args.runtimes and not args.add:
+        p.error("--runtimes goes with --add")
     if args.add:
         runtimes = (frozenset(r.strip() for r in args.runtimes.split(",") if r.strip())
                     if args.runtimes else None)
@@ -74,7 +77,7 @@ def main(argv: list[str]) -> int:
                             miner_runs=args.miner_runs,
                             cminer_runs=args.cminer_runs,
                             daemon_runs=args.daemon_runs,
-                            jsminer_runs=args.jsminer_runs,
-                            plminer_runs=args.plminer_runs)
+                            jsminer_runs=0 if args.no_miner else args.jsminer_runs,
+                            plminer_runs=0 if args.no_miner else args.plminer_runs)
     print(manifest)
     return 0

@@ -79,14 +79,29 @@ RUNTIMES: tuple[Runtime, ...] = (
 )
 
 
-def build_daemons(cache_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
-    """Build the Go and C services and find the interpreters.
+#: The source each runtime's service runs (the C build serves ``c`` and ``cselect``).
+SOURCE_OF: dict[str, str] = {
+    "go": "labd.go", "c": "labd.c", "cselect": "labd.c", "node": "labd.js",
+    "java": "Labd.java", "python": "labd.py", "pylegacy": "labd.py", "perl": "labd.pl",
+}
+
+
+def build_daemons(
+    cache_dir: Path, runtimes: frozenset[str] | None = None
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Build the Go and C services (those asked for) and find the interpreters.
+
+    Args:
+        cache_dir: where the builds go.
+        runtimes: only these runtimes (all of ``RUNTIMES`` when None).
 
     Returns:
-        Runtime name -> executable, for every runtime available here, and the
-        provenance of what was built (source and binary SHA-256, toolchain).
-        A missing toolchain leaves its runtime out (logged), never fails.
+        Runtime name -> executable, for every runtime asked for and available
+        here, and the provenance of each: ``<runtime>_source_sha256`` and, for
+        built services, ``<runtime>_binary_sha256``. A missing toolchain or
+        interpreter leaves its runtime out (logged), never fails.
     """
+    wanted = {rt.name for rt in RUNTIMES} if runtimes is None else set(runtimes)
     cache_dir.mkdir(parents=True, exist_ok=True)
     found: dict[str, Path] = {}
     info: dict[str, str] = {}
@@ -108,6 +123,9 @@ def build_daemons(cache_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
         "CGO_ENABLED": "0",
     }
     for name, (tool, cmd, out, source) in builds.items():
+        users = {rt for rt, src in SOURCE_OF.items() if src == source} & wanted
+        if not users:
+            continue
         if tool is None:
             log.warning("lab_daemon_skipped", runtime=name, reason="no toolchain")
             continue
@@ -115,20 +133,21 @@ def build_daemons(cache_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
                               check=False, env=env)
         if done.returncode != 0 or not out.is_file():
             raise SourceError(f"building {source} failed: {done.stderr[-500:]}")
-        found[name] = out
-        info[f"{name}_source_sha256"] = hashlib.sha256(
-            (SOURCES / source).read_bytes()).hexdigest()
-        info[f"{name}_binary_sha256"] = sha256_file(out)
-    if "c" in found and any(rt.name == "cselect" for rt in RUNTIMES):
-        found["cselect"] = found["c"]  # the same build, run with -s
+        for rt in users:
+            found[rt] = out
+            info[f"{rt}_binary_sha256"] = sha256_file(out)
     for rt in RUNTIMES:
-        if rt.name in found:
+        if rt.name in found or rt.name not in wanted:
             continue
         exe = shutil.which(rt.program, path=SYSTEM_PATH)
         if exe is None:
             log.warning("lab_daemon_skipped", runtime=rt.name, reason="not installed")
             continue
         found[rt.name] = Path(exe)
+    for rt in found:
+        if rt in SOURCE_OF:
+            info[f"{rt}_source_sha256"] = hashlib.sha256(
+                (SOURCES / SOURCE_OF[rt]).read_bytes()).hexdigest()
     log.info("lab_daemons_ready", runtimes=sorted(found))
     return found, info
 

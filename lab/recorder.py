@@ -60,7 +60,7 @@ from systerns.lab.miner import (
     hugepages_restored,
     plan_miner_runs,
 )
-from systerns.lab.daemons import build_daemons, plan_daemon_runs
+from systerns.lab.daemons import RUNTIMES, build_daemons, plan_daemon_runs
 from systerns.lab.jsminer import JSMINER, JSMINER_LABEL
 from systerns.lab.plminer import PLMINER, PLMINER_LABEL
 from systerns.lab.sandbox import SYSTEM_PATH, Sandbox
@@ -518,9 +518,10 @@ def record_extra_runs(
     specs: list[RunSpec] = []
     info: dict = {}
     if daemon_runs > 0:
-        programs, built = build_daemons(cache)
-        if runtimes is not None:
-            programs = {k: v for k, v in programs.items() if k in runtimes}
+        programs, built = build_daemons(cache, runtimes)
+        missing = sorted(set(runtimes or ()) - set(programs))
+        if missing:
+            raise SourceError(f"services asked for but not available here: {missing}")
         specs = plan_daemon_runs(sb, programs, runs_per_runtime=daemon_runs, seed=seed)
         info["daemons"] = built | {"runtimes": ",".join(sorted(programs))}
     miners: dict[str, ScriptMiner] = {}
@@ -601,6 +602,10 @@ def add_to_corpus(
     sb.load_served()
     if not sb.served:
         raise SourceError(f"{sb.www} has no served files; rebuild the corpus")
+    known = {rt.name for rt in RUNTIMES}
+    if runtimes is not None and (not runtimes or not runtimes <= known):
+        raise SourceError(f"unknown service runtimes {sorted(set(runtimes) - known)}; "
+                          f"known: {sorted(known)}")
     t0 = time.monotonic()
     new, info, failed = record_extra_runs(
         sb, out_dir / "cache", out_dir / "traces", daemon_runs=daemon_runs,
@@ -609,8 +614,9 @@ def add_to_corpus(
     )
     assign_splits(new, seed)
     # Every new run id starts with one of these prefixes.
+    recorded = info.get("daemons", {}).get("runtimes", "")
     services = (["daemon-"] if runtimes is None
-                else [f"daemon-{rt}-" for rt in sorted(runtimes)])
+                else [f"daemon-{rt}-" for rt in recorded.split(",") if rt])
     replaced = tuple(
         (services if daemon_runs > 0 else [])
         + [f"{label}-" for label, n in ((JSMINER_LABEL, jsminer_runs),
@@ -619,12 +625,15 @@ def add_to_corpus(
     manifest["runs"] = kept + new
     for key, value in info.items():
         before = manifest.get(key)
-        if key == "daemons" and isinstance(before, dict):
-            # Services of runtimes not recorded now keep their provenance.
-            value = before | value | {"runtimes": ",".join(sorted(
-                set(before.get("runtimes", "").split(",")) - {""}
-                | set(value["runtimes"].split(",")) - {""}))}
+        if key == "daemons" and isinstance(before, dict) and runtimes is not None:
+            # Provenance keys are per runtime (``<runtime>_...``): those of
+            # runtimes not recorded now stay as they were.
+            value = before | value
         manifest[key] = value
+    if "daemons" in manifest and isinstance(manifest["daemons"], dict):
+        manifest["daemons"]["runtimes"] = ",".join(sorted(
+            {r["run_id"].split("-")[1] for r in manifest["runs"]
+             if r["run_id"].startswith("daemon-")}))
     manifest["counts"] = _counts(manifest["runs"])
     manifest.setdefault("additions", []).append({
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),

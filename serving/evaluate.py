@@ -547,8 +547,9 @@ def evaluate(
         excluded = frozenset(read_metadata(model.path).get("excluded_labels") or ())
     except FileNotFoundError:
         excluded = frozenset()
+    # Every run of such a label is unseen by the model, whatever its split.
     unseen_runs = [r for r in all_runs
-                   if r.get("split") == "test" and r.get("label") in excluded]
+                   if r.get("split") in ("train", "test") and r.get("label") in excluded]
     test_runs = [r for r in all_runs
                  if r.get("split") == "test" and r.get("label") not in excluded]
     train_runs = [r for r in all_runs

@@ -315,8 +315,9 @@ def write_full_report(
             "",
             f"The model was trained without {', '.join(metrics['excluded_labels'])}"
             " (its metadata lists them); the n-gram baseline learnt without them"
-            " too, and the figures above leave their test runs out. Those runs"
-            " are judged here, session by session, like the held-out family.",
+            " too, and the figures above leave their test runs out. All their"
+            " runs, train and test split alike (the model saw none), are judged"
+            " here, session by session, like the held-out family.",
             "",
             f"- crypto_mining (p >= threshold): {unseen['flagged_runs']}/{unseen['runs']}"
             f" runs; with p >= 0.9 within 10 s: {unseen['flagged_p_0_9_within_10s_runs']}"

@@ -30,6 +30,7 @@ for (1 .. $workers) {
     })->detach;
 }
 
+$SIG{PIPE} = 'IGNORE';  # a client gone early must not end the service
 my $listen = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port,
                                    Listen => 16, ReuseAddr => 1) or die "listen: $!\n";
 my $sel = IO::Select->new($listen);
@@ -39,7 +40,9 @@ while (1) {
     my $wait = $tick_ms > 0 ? $next_check - time : 1.0;
     for my $fh ($sel->can_read($wait > 0 ? $wait : 0)) {
         my $conn = $listen->accept or next;
-        my $line = <$conn> // '';
+        # One request line, waited for at most 2 s: a silent client must not
+        # stall the loop.
+        my $line = IO::Select->new($conn)->can_read(2) ? (<$conn> // '') : '';
         my ($name) = $line =~ m{^GET /([^ ?]*)};
         $name = 'index.html' if !defined $name || $name eq '' || $name =~ m{\.\.|/};
         if (open(my $f, '<:raw', "$folder/$name")) {

@@ -30,13 +30,18 @@ if legacy:
     import selectors
     import socketserver
 
+    import platform
+
+    _SYS_GETTIMEOFDAY = {"x86_64": 96, "aarch64": 169}.get(platform.machine())
+    if _SYS_GETTIMEOFDAY is None:
+        sys.exit(f"--legacy: no gettimeofday syscall number for {platform.machine()}")
     _libc = ctypes.CDLL(None, use_errno=True)
-    _tv = (ctypes.c_long * 2)()
-    _SYS_GETTIMEOFDAY = 96  # x86_64
 
     def _clock():
-        _libc.syscall(_SYS_GETTIMEOFDAY, _tv, None)
-        return _tv[0] + _tv[1] / 1e6
+        tv = (ctypes.c_long * 2)()  # one per call: threads read the clock at once
+        if _libc.syscall(_SYS_GETTIMEOFDAY, tv, None) != 0:
+            raise OSError(ctypes.get_errno(), "gettimeofday")
+        return tv[0] + tv[1] / 1e6
 
     def _sleep(seconds):
         select.select([], [], [], seconds)

@@ -204,7 +204,7 @@ def test_add_with_runtimes_replaces_only_those_services(
         seen.update(k)
         return ([{"run_id": "daemon-pylegacy-000", "label": "python3",
                   "malicious": False, "renamed": False, "hard_negative": True}],
-                {"daemons": {"runtimes": "pylegacy"}}, 0)
+                {"daemons": {"runtimes": "pylegacy", "pylegacy_source_sha256": "cd"}}, 0)
 
     monkeypatch.setattr(recorder, "record_extra_runs", fake)
     (tmp_path / "sandbox" / "www").mkdir(parents=True)
@@ -215,7 +215,7 @@ def test_add_with_runtimes_replaces_only_those_services(
             "renamed": False, "split": "test", "hard_negative": True}]
     (tmp_path / "manifest.json").write_text(json.dumps({
         "seed": 7, "runs": old,
-        "daemons": {"runtimes": "c,go,python", "go_source_sha256": "ab"}}))
+        "daemons": {"runtimes": "c,go,python", "c_source_sha256": "ab"}}))
     add_to_corpus(tmp_path, daemon_runs=1, jsminer_runs=0,
                   runtimes=frozenset({"pylegacy"}))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -224,9 +224,45 @@ def test_add_with_runtimes_replaces_only_those_services(
     assert [r["run_id"] for r in manifest["runs"]] == ["daemon-python-000",
                                                        "daemon-pylegacy-000"]
     assert manifest["runs"][1]["split"] in {"train", "test"}
-    assert manifest["daemons"] == {"runtimes": "c,go,pylegacy,python",
-                                   "go_source_sha256": "ab"}
+    # The runtimes listed are those the manifest's runs hold; the C service's
+    # provenance stays, the new runtime's is added.
+    assert manifest["daemons"] == {"runtimes": "pylegacy,python",
+                                   "c_source_sha256": "ab",
+                                   "pylegacy_source_sha256": "cd"}
     assert manifest["additions"][-1]["daemon_runtimes"] == "pylegacy"
+
+
+@pytest.mark.parametrize("names", [{"pylegcy"}, set()])
+def test_add_refuses_unknown_runtimes_before_recording(
+        tmp_path: Path, monkeypatch, names: set) -> None:
+    from systerns.core.errors import SourceError
+    from systerns.lab import recorder
+
+    called = []
+    monkeypatch.setattr(recorder, "record_extra_runs",
+                        lambda *a, **k: called.append(1) or ([], {}, 0))
+    (tmp_path / "sandbox" / "www").mkdir(parents=True)
+    (tmp_path / "sandbox" / "www" / "index.html").write_text("x")
+    (tmp_path / "manifest.json").write_text(json.dumps({"seed": 7, "runs": []}))
+    with pytest.raises(SourceError):
+        add_to_corpus(tmp_path, daemon_runs=1, jsminer_runs=0,
+                      runtimes=frozenset(names))
+    assert not called
+
+
+def test_build_only_what_is_asked_for(tmp_path: Path, monkeypatch) -> None:
+    """Interpreted services alone build nothing; each gets its source's hash."""
+    def no_build(*a, **k):
+        raise AssertionError(f"built {a[0]}")
+
+    monkeypatch.setattr(daemons.subprocess, "run", no_build)
+    found, info = daemons.build_daemons(tmp_path, frozenset({"pylegacy", "perl"}))
+
+    assert set(found) <= {"pylegacy", "perl"}
+    for rt in found:
+        assert info[f"{rt}_source_sha256"] == sha256_file(
+            daemons.SOURCES / daemons.SOURCE_OF[rt])
+    assert not any(k.endswith("_binary_sha256") for k in info)
 
 
 def test_plminer_plan_talks_only_to_loopback(tmp_path: Path) -> None:
