@@ -526,12 +526,11 @@ def record_extra_runs(
         info["daemons"] = built | {"runtimes": ",".join(sorted(programs))}
     miners: dict[str, ScriptMiner] = {}
     script_runs: list[CminerRun] = []
-    for miner, n in ((JSMINER, jsminer_runs), (PLMINER, plminer_runs)):
-        if n <= 0:
-            continue
-        if not check_netns():
-            raise SourceError("`unshare -n` does not work here; the miner never "
-                              "runs with network access")
+    wanted = [(m, n) for m, n in ((JSMINER, jsminer_runs), (PLMINER, plminer_runs)) if n > 0]
+    if wanted and not check_netns():
+        raise SourceError("`unshare -n` does not work here; the miner never "
+                          "runs with network access")
+    for miner, n in wanted:
         exe, info[miner.label] = find_runtime(miner)
         planned = plan_script_miner_runs(miner, sb, exe, n_runs=n, seed=seed)
         miners |= {run.run_id: miner for run in planned}

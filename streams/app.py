@@ -245,7 +245,7 @@ class AlertIndex:
                 "log_level": 0})
             tp = TopicPartition(self.topic, 0, 0)
             consumer.assign([tp])
-            high = self._high_watermark(consumer, tp)
+            high = watermarks(consumer, tp.topic, tp.partition)[1]
         except Exception as exc:  # noqa: BLE001 - dedup degrades to memory, logged
             log.error("alert_index_unavailable", topic=self.topic, error=str(exc))
             self.ready.set()
@@ -268,12 +268,6 @@ class AlertIndex:
                 log.info("alert_index_loaded", topic=self.topic, ids=self.loaded)
                 self.ready.set()
         consumer.close()
-
-    @staticmethod
-    def _high_watermark(consumer: Consumer, tp: TopicPartition,
-                        timeout_s: float = 30.0) -> int:
-        """The index's end offset, retried while a new topic's metadata spreads."""
-        return watermarks(consumer, tp.topic, tp.partition, timeout_s)[1]
 
     def seen(self, alert_id: str) -> bool:
         """Whether this alert id was emitted already (by any worker, any run)."""
