@@ -43,6 +43,7 @@ from systerns.core.suppression import Suppressor
 from systerns.core.verdicts import VerdictPolicy
 from systerns.schemas.codec import Codec
 from systerns.schemas.records import record_to_batch
+from systerns.streams.gaps import Filled, OffsetTracker
 from systerns.streams.offsets import watermarks
 
 log = structlog.get_logger(__name__)
@@ -58,6 +59,10 @@ UNACCOUNTED = Gauge("systerns_worker_unaccounted_records",
 QUEUED = Gauge("systerns_worker_judgements_queued", "Judgements waiting for the model")
 BREAKER = Gauge("systerns_worker_model_breaker_open",
                 "1 while the model circuit breaker is open or half-open")
+REFETCHED = Counter("systerns_worker_records_refetched_total",
+                    "Event records the consumer skipped, read again by offset")
+EXPIRED = Counter("systerns_worker_records_expired_total",
+                  "Skipped event records that retention deleted before a re-read")
 BATCHES_IN = Counter("systerns_worker_batches_total", "Event batches consumed")
 DEAD = Counter("systerns_worker_dead_letters_total", "Records dead-lettered", ["reason"])
 JUDGED = Counter("systerns_worker_judgements_total", "Sessions judged", ["trigger"])
@@ -72,6 +77,9 @@ OPEN = Gauge("systerns_worker_open_sessions", "Open sessions on this worker")
 MODEL_RETRIES = Counter("systerns_worker_model_retries_total", "Model call retries")
 
 TICK_INTERVAL_S = 2.0
+#: How often a partition's committed offset is compared with its last folded
+#: record (a record skipped with nothing after it shows only there).
+TRAILING_CHECK_S = 10.0
 #: Event records folded per agent step at most, and how long a step waits for
 #: more before it folds what it has (the latency it adds to a quiet stream).
 TAKE_RECORDS = 256
@@ -470,7 +478,7 @@ def create_app(settings: Settings, *, model=None,
               "dead_letters": 0, "judgements": 0, "verdicts": 0, "alerts": 0,
               "duplicate_alerts": 0, "suppressed": 0, "model_retries": 0,
               "breaker_opened": 0, "queued_peak": 0, "records_replayed": 0,
-              "events_replayed": 0}
+              "events_replayed": 0, "records_refetched": 0, "records_expired": 0}
     app.systerns_totals = totals  # type: ignore[attr-defined]
     app.systerns_breaker = breaker  # type: ignore[attr-defined]
 
@@ -491,6 +499,15 @@ def create_app(settings: Settings, *, model=None,
         UNACCOUNTED.set(unaccounted(totals))
 
     awaiting = _JsonTable(judging)
+    # Where each events partition continues, to find records Faust skipped.
+    tracker = OffsetTracker(settings.events_topic, settings.kafka_config(),
+                            settings.worker_id)
+    trailing_checked: dict[int, float] = {}
+
+    @app.on_partitions_assigned.connect
+    async def partitions_assigned(_app, assigned, **_kwargs) -> None:
+        tracker.keep_only(tp.partition for tp in assigned
+                          if tp.topic == settings.events_topic)
 
     @sessions.on_recover
     async def sessions_recovered() -> None:
@@ -546,12 +563,57 @@ def create_app(settings: Settings, *, model=None,
         # Records come in steps of up to TAKE_RECORDS: a step folds them all,
         # then writes each session it changed once, instead of once per record.
         async for taken in stream.take_events(TAKE_RECORDS, within=TAKE_WITHIN_S):
-            await fold_step(taken)
+            await fold_step([(e.message.partition, e.message.offset, e.value, e)
+                             for e in taken])
 
     def to_batch(value: bytes) -> EventBatch:
         return record_to_batch(codec.decode(value))
 
-    async def fold_step(taken) -> None:
+    async def fold_step(records: list) -> None:
+        """Fill the step's offset gaps (gaps.py), then fold its records."""
+        if tracker.check_needed(records):
+            backoff_s = 0.5
+            while True:
+                try:
+                    # Not awaited: see gaps.py.
+                    filled = tracker.fill(records)
+                    break
+                except Exception as exc:  # noqa: BLE001 - retried, never skipped
+                    # The records stay unacknowledged while the broker is away.
+                    log.error("refetch_failed", error=str(exc), retry_in_s=backoff_s)
+                    await asyncio.sleep(backoff_s)
+                    backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+            count_refetched(filled)
+            records = filled.records
+        await fold_and_queue(records)
+        tracker.note(records)
+
+    def count_refetched(filled: Filled) -> None:
+        if filled.refetched:
+            REFETCHED.inc(filled.refetched)
+            totals["records_refetched"] += filled.refetched
+        if filled.expired:
+            EXPIRED.inc(filled.expired)
+            totals["records_expired"] += filled.expired
+
+    async def check_trailing(partition: int, event) -> None:
+        """Fold records acknowledged past the partition's last folded one, if any."""
+        now = time.monotonic()
+        if partition not in tracker.next or \
+                now - trailing_checked.get(partition, 0.0) < TRAILING_CHECK_S:
+            return
+        trailing_checked[partition] = now
+        try:
+            filled = tracker.trailing(partition, event)
+        except Exception as exc:  # noqa: BLE001 - checked again next time
+            log.warning("trailing_check_failed", partition=partition, error=str(exc))
+            return
+        count_refetched(filled)
+        if filled.records:
+            await fold_and_queue(filled.records)
+            tracker.note(filled.records)
+
+    async def fold_and_queue(records: list) -> None:
         """Fold one step of event records into the sessions, then queue what is due.
 
         Faust acks the step's records after this returns, so the committed
@@ -559,8 +621,7 @@ def create_app(settings: Settings, *, model=None,
         """
         step = fold_records(
             store, sessionizer,
-            [(e.message.partition, e.message.offset, e.value, e) for e in taken],
-            to_batch, keep=keep_final, enter=_enter_event,
+            records, to_batch, keep=keep_final, enter=_enter_event,
             topic=settings.events_topic)
         RECORDS_IN.inc(step.records)
         BATCHES_IN.inc(step.batches)
@@ -597,6 +658,7 @@ def create_app(settings: Settings, *, model=None,
                 continue
             await enqueue(recovered_judgements(awaiting, inflight, partition),
                           recovered=True)
+            await check_trailing(partition, event)
             # Held and flushed like a step of records: the idle sessions'
             # finals are kept before their closed stubs, mark and tombstones.
             store.hold()
