@@ -115,6 +115,8 @@ class OffsetTracker:
         self.topic = topic
         self.config = kafka_config | {"group.id": group_id,
                                       "enable.auto.commit": False,
+                                      # A gap is a few records: no 64 MB prefetch.
+                                      "queued.max.messages.kbytes": 1024,
                                       "log_level": 0}
         self.timeout_s = timeout_s
         self.next: dict[int, int] = {}
