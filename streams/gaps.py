@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from systerns.streams.offsets import watermarks
 
@@ -77,7 +77,6 @@ class Filled:
     """A step's records with its gaps filled, and what filling them found."""
 
     records: list[Record]
-    gaps: list[Gap] = field(default_factory=list)
     refetched: int = 0
     expired: int = 0
 
@@ -141,7 +140,7 @@ class OffsetTracker:
             if p not in keep:
                 del self.next[p]
 
-    # -- broker reads (blocking; call from a thread) --------------------------
+    # -- broker reads (blocking, bounded by timeout_s) ------------------------
     def consumer(self) -> Consumer:
         if self._consumer is None:
             self._consumer = Consumer(self.config)
@@ -154,7 +153,9 @@ class OffsetTracker:
                                  timeout=self.timeout_s)
         out = {}
         for tp in tps:
-            if tp.offset is None or tp.offset < 0 or tp.offset == OFFSET_INVALID:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            if tp.offset < 0:  # nothing committed
                 out[tp.partition] = watermarks(consumer, self.topic, tp.partition,
                                                   self.timeout_s)[0]
             else:
@@ -166,7 +167,8 @@ class OffsetTracker:
 
         Raises:
             TimeoutError: the broker did not return the range in time (the
-                step fails and Faust delivers its records again).
+                worker logs it and tries again; the step's records stay
+                unacknowledged meanwhile).
         """
         consumer = self.consumer()
         low, _high = watermarks(consumer, self.topic, partition, self.timeout_s)
@@ -201,6 +203,19 @@ class OffsetTracker:
             consumer.unassign()
         return out, expired
 
+    def _read_gap(self, gap: Gap, token: Any, filled: Filled) -> list[Record]:
+        """A gap's records, read again under ``token``; counted into ``filled``."""
+        got, expired = self.read(gap.partition, gap.start, gap.end)
+        filled.refetched += len(got)
+        filled.expired += expired
+        log.warning("records_refetched", topic=self.topic, partition=gap.partition,
+                    first=gap.start, last=gap.end - 1, read=len(got), expired=expired,
+                    trailing=gap.before is None)
+        if expired:
+            log.error("records_expired", topic=self.topic, partition=gap.partition,
+                      first=gap.start, records=expired)
+        return [(gap.partition, off, value, token) for off, value in got]
+
     def _worth_reading(self, gaps: list[Gap]) -> list[Gap]:
         """The gaps to read again: small ones, and large ones past the commit."""
         large = {g.partition for g in gaps if g.end - g.start > MAX_REFETCH}
@@ -223,20 +238,10 @@ class OffsetTracker:
         if not gaps:
             return Filled(list(records))
         inserts: dict[int, list[Record]] = {}
-        filled = Filled([], gaps)
+        filled = Filled([])
         for gap in gaps:
-            token = records[gap.before][3]
-            got, expired = self.read(gap.partition, gap.start, gap.end)
-            filled.refetched += len(got)
-            filled.expired += expired
-            inserts.setdefault(gap.before, []).extend(
-                (gap.partition, off, value, token) for off, value in got)
-            log.warning("records_refetched", topic=self.topic, partition=gap.partition,
-                        first=gap.start, last=gap.end - 1, read=len(got),
-                        expired=expired)
-            if expired:
-                log.error("records_expired", topic=self.topic, partition=gap.partition,
-                          first=gap.start, records=expired)
+            got = self._read_gap(gap, records[gap.before][3], filled)
+            inserts.setdefault(gap.before, []).extend(got)
         for i, rec in enumerate(records):
             filled.records.extend(inserts.get(i, ()))
             filled.records.append(rec)
@@ -256,20 +261,12 @@ class OffsetTracker:
         if committed <= want:
             return Filled([])
         gap = Gap(partition, want, committed)
-        if not self._worth_reading([gap]):
-            self.next[partition] = committed
-            return Filled([])
-        got, expired = self.read(partition, want, committed)
-        log.warning("records_refetched", topic=self.topic, partition=partition,
-                    first=want, last=committed - 1, read=len(got), expired=expired,
-                    trailing=True)
-        if expired:
-            log.error("records_expired", topic=self.topic, partition=partition,
-                      first=want, records=expired)
-        # Expired records cannot be read again: the partition continues after them.
-        self.next[partition] = max(self.next.get(partition, 0), committed)
-        return Filled([(partition, off, value, token) for off, value in got], [gap],
-                      len(got), expired)
+        filled = Filled([])
+        if self._worth_reading([gap]):
+            filled.records = self._read_gap(gap, token, filled)
+        # Trusted or expired records are not read: the partition continues after them.
+        self.next[partition] = committed
+        return filled
 
     def close(self) -> None:
         if self._consumer is not None:
