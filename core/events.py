@@ -9,6 +9,12 @@ from typing import NamedTuple
 EXIT_TYPES = frozenset({"exit"})
 #: Event types that replace the process image (start a new session on success).
 EXEC_TYPES = frozenset({"execve"})
+#: Not a syscall: a reading of a thread's CPU time that a collector took from
+#: ``/proc`` (``producers.cputime``). ``res`` is the thread's cumulative
+#: user+system CPU time in nanoseconds, ``tid`` the thread, ``arg`` empty. The
+#: sessionizer keeps these apart from the syscalls (they are never counted as
+#: one), so sources that send none describe a process exactly as before.
+CPU_EVENT = "cpu_time"
 
 
 @dataclass(frozen=True, slots=True)

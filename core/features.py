@@ -17,6 +17,17 @@ gaps between consecutive syscalls of a thread split by what the gap followed
 bucket, and a few rates, among them the time spent after reads per byte read
 (CPU per byte, what separates hash tools and compressors). What miners share
 is CPU burnt between few syscalls; these blocks let the model see it.
+
+Version 3 adds the CPU time the collector read per thread from ``/proc``
+(``producers.cputime``; ``core.sessions`` keeps each thread's first and last
+reading): whether the session has readings at all, the cores it kept busy,
+its busiest thread, how many threads ran at least half the time, the share
+of its CPU spent by threads that made no syscall while it was read (a
+miner's hashing threads), and CPU per syscall. A miner whose hashing threads
+are silent and whose main thread waits in ``select`` looks, through syscalls,
+like ``sshd``; through CPU time it does not. Sources without readings (a
+capture file read after the fact) leave the block at zero, its first value
+included, so a model knows the difference between "idle" and "not read".
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from systerns.core.syscalls import (
     VOCABULARY,
 )
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 _N_SYS = len(VOCABULARY)
 _N_PATH = len(PATH_CLASS_NAMES)
 _OTHER = VOCAB_INDEX["other"]
@@ -42,6 +53,10 @@ _STATS = ("log_events", "log_threads", "log_duration_s", "log_rate",
 _SHAPE_STATS = ("log_ps_per_byte_read", "log_bytes_read", "log_bytes_written",
                 "log_read_rate", "log_write_rate", "log_mean_gap")
 _GAP_CLASSES = ("b", "c", "r")
+_CPU_STATS = ("cpu_read", "cores_busy", "busiest_thread", "log_busy_threads",
+              "silent_cpu_share", "log_cpu_per_syscall")
+#: A thread read over less than this is left out of the per-thread figures.
+_MIN_CPU_WINDOW_NS = 500_000_000
 
 _LAYOUT_V1: tuple[tuple[str, int], ...] = (
     ("syscall_share", _N_SYS),
@@ -59,8 +74,13 @@ _LAYOUT_V2: tuple[tuple[str, int], ...] = _LAYOUT_V1 + (
     ("gap_time_share", SHAPE_BUCKETS),
     ("shape_stats", len(_SHAPE_STATS)),
 )
+_LAYOUT_V3: tuple[tuple[str, int], ...] = _LAYOUT_V2 + (
+    ("cpu_stats", len(_CPU_STATS)),
+)
 #: Layout of each version's vector, in order: (block name, width).
-LAYOUTS: dict[int, tuple[tuple[str, int], ...]] = {1: _LAYOUT_V1, 2: _LAYOUT_V2}
+LAYOUTS: dict[int, tuple[tuple[str, int], ...]] = {
+    1: _LAYOUT_V1, 2: _LAYOUT_V2, 3: _LAYOUT_V3,
+}
 #: Width of each version's vector.
 FEATURE_DIMS: dict[int, int] = {v: sum(w for _, w in lay) for v, lay in LAYOUTS.items()}
 #: Layout and width of the newest version.
@@ -71,6 +91,7 @@ OFFSETS: dict[str, int] = {
 }
 FEATURE_DIM = FEATURE_DIMS[FEATURE_VERSION]
 _DIM_V1 = FEATURE_DIMS[1]
+_DIM_V2 = FEATURE_DIMS[2]
 _GAP_INDEX = {
     f"{c}{b}": i * SHAPE_BUCKETS + b
     for i, c in enumerate(_GAP_CLASSES)
@@ -144,7 +165,52 @@ def vectorize(
     v[off + 5] = math.log1p(len(session["counts"])) / 5.0
     if version >= 2:
         _shape(session, v, _DIM_V1, duration_s)
+    if version >= 3:
+        _cpu(session, v, _DIM_V2)
     return v
+
+
+def cpu_summary(session: dict) -> tuple[float, float, float, int, float] | None:
+    """What a session's CPU readings say, or None without two readings of a thread.
+
+    Returns:
+        ``(cores busy, CPU seconds, busiest thread's share of its time,
+        threads busy at least half the time, share of the CPU spent by threads
+        between two readings without a syscall)``.
+    """
+    windows = [w for w in (session.get("cpu") or {}).values() if w[2] > w[0]]
+    if not windows:
+        return None
+    span = max(w[2] for w in windows) - min(w[0] for w in windows)
+    if span <= 0:
+        return None
+    total = busiest = silent = 0.0
+    busy_threads = 0
+    for w in windows:
+        t0, c0, t1, c1 = w[:4]
+        used = max(c1 - c0, 0)
+        total += used
+        silent += w[4] if len(w) > 4 else 0
+        if t1 - t0 >= _MIN_CPU_WINDOW_NS:
+            share = min(used / (t1 - t0), 1.0)
+            busiest = max(busiest, share)
+            busy_threads += share >= 0.5
+    return (total / span, total / 1e9, busiest, busy_threads,
+            min(silent / total, 1.0) if total > 0 else 0.0)
+
+
+def _cpu(session: dict, v: np.ndarray, off: int) -> None:
+    """Fill the version-3 CPU block; a session without two readings leaves zeros."""
+    got = cpu_summary(session)
+    if got is None:
+        return
+    cores, cpu_s, busiest, busy_threads, silent_share = got
+    v[off + 0] = 1.0
+    v[off + 1] = min(cores, 4.0) / 4.0
+    v[off + 2] = busiest
+    v[off + 3] = math.log1p(busy_threads) / 3.0
+    v[off + 4] = silent_share
+    v[off + 5] = math.log1p(cpu_s * 1e9 / max(session["n_events"], 1)) / 25.0
 
 
 def _shares(hist: dict, v: np.ndarray, off: int, width: int) -> None:

@@ -16,6 +16,7 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
 from systerns.core.events import (
+    CPU_EVENT,
     EXEC_TYPES,
     EXIT_TYPES,
     EventBatch,
@@ -173,6 +174,7 @@ def new_session(info: ProcessInfo, exec_id: str, ts_ns: int, source: str) -> dic
         "io_rd": {},
         "io_wr": {},
         "io_bytes": {},
+        "cpu": {},
         "judgements": 0,
         "evicted": False,
         "partition": 0,
@@ -190,6 +192,8 @@ def snapshot(state: dict) -> dict:
             out[k] = dict(state[k])
     out["tids"] = list(state["tids"])
     out["sample_paths"] = list(state["sample_paths"])
+    if "cpu" in state:
+        out["cpu"] = {k: list(v) for k, v in state["cpu"].items()}
     return out
 
 
@@ -275,10 +279,12 @@ class Sessionizer:
             state.update(comm=info.comm, exe=info.exe, cmdline=info.cmdline,
                          ppid=info.ppid, container_image=info.container_image,
                          partition=partition, seen_wall_ns=wall_ns)
+            # CPU readings keep a process whose threads went quiet on the
+            # schedule: a miner's hashing threads make no syscalls.
+            now_ts = max(state["last_ts_ns"], state.get("cpu_ts_ns", 0))
             if (state["n_events"] >= policy.min_events
-                    and state["last_ts_ns"] >= state["next_judge_ns"]):
-                state["next_judge_ns"] = state["last_ts_ns"] + int(
-                    policy.judge_every_s * 1e9)
+                    and now_ts >= state["next_judge_ns"]):
+                state["next_judge_ns"] = now_ts + int(policy.judge_every_s * 1e9)
                 state["judgements"] += 1
                 out.append(Judgement(snapshot(state), "running", False))
             self.store[key] = state
@@ -301,7 +307,8 @@ class Sessionizer:
         field_name = "seen_wall_ns" if wall else "last_ts_ns"
         due = [
             k for k, s in self.store.items()
-            if now - s.get(field_name, 0) > limit
+            if now - (s.get(field_name, 0) if wall else max(
+                s.get(field_name, 0), s.get("cpu_ts_ns", 0))) > limit
             and (partition is None or s.get("partition", 0) == partition)
         ]
         out = [self._close(key, self.store[key], "idle") for key in due]
@@ -361,6 +368,10 @@ def _add_events(state: dict, events: Sequence[Syscall]) -> int:
         for k in _SHAPE_KEYS:
             state.setdefault(k, {})
     t_last = state["t_last"]
+    cpu = state.get("cpu")
+    if cpu is None:
+        cpu = state["cpu"] = {}
+    cpu_ts = state.get("cpu_ts_ns", 0)
     # Shape counters live in flat lists during the run and are merged into the
     # state's string-keyed dicts once at its end.
     gap_n = [0] * (3 * SHAPE_BUCKETS)
@@ -375,13 +386,20 @@ def _add_events(state: dict, events: Sequence[Syscall]) -> int:
     pair_keys = _BIGRAM_KEYS
     top = events[0].ts_ns
     for ts, tid, name, res, arg in events:
-        n_events += 1
         if ts > top:
             top = ts
+        if name == CPU_EVENT:
+            # A CPU reading, not a syscall: it moves its thread's CPU window and
+            # keeps the session alive (``cpu_ts_ns``), nothing else.
+            _cpu_reading(cpu, t_last, tid, ts, res)
+            if ts > cpu_ts:
+                cpu_ts = ts
+            continue
         if ts > last_ts:
             last_ts = ts
         if ts < first_ts:
             first_ts = ts
+        n_events += 1
         c = counts.get(name)
         if c is None and (len(counts) >= MAX_DISTINCT_SYSCALLS - 1
                           or len(name) > MAX_SYSCALL_NAME):
@@ -432,8 +450,30 @@ def _add_events(state: dict, events: Sequence[Syscall]) -> int:
                 samples.append(arg[:200])
     state["n_events"], state["failed"] = n_events, failed
     state["first_ts_ns"], state["last_ts_ns"] = first_ts, last_ts
+    if cpu_ts:
+        state["cpu_ts_ns"] = cpu_ts
     _merge_shape(state, gap_n, gap_t, class_ns, io_n, io_b)
     return top
+
+
+def _cpu_reading(cpu: dict, t_last: dict, tid: int, ts: int, cpu_ns: int) -> None:
+    """Move a thread's CPU window ``[first ts, first cpu, last ts, last cpu, silent]``.
+
+    The first reading of a thread is its baseline (CPU it spent before the
+    session, or before the collector saw it, is not the session's). CPU spent
+    between two readings with no syscall of the thread in between adds to
+    ``silent`` (a hashing thread's work). Readings that go back in time or in
+    CPU are ignored.
+    """
+    stid = str(tid)
+    w = cpu.get(stid)
+    if w is None:
+        if len(cpu) < MAX_TRACKED_TIDS and cpu_ns >= 0:
+            cpu[stid] = [ts, cpu_ns, ts, cpu_ns, 0]
+    elif ts > w[2] and cpu_ns >= w[3]:
+        if t_last.get(stid, 0) <= w[2]:
+            w[4] += cpu_ns - w[3]
+        w[2], w[3] = ts, cpu_ns
 
 
 def _merge_shape(

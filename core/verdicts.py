@@ -20,6 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from systerns.core.features import cpu_summary
 from systerns.core.redact import clean_cmdline, clean_text
 
 MITRE = {
@@ -147,6 +148,16 @@ def _top_syscalls(session: dict, n: int = 8) -> list[dict]:
     return [{"name": k, "count": int(v)} for k, v in items]
 
 
+def _cpu_tags(session: dict) -> list[str]:
+    """CPU evidence from the collector's readings, as tags (none without them)."""
+    got = cpu_summary(session)
+    if got is None:
+        return []
+    cores, cpu_s, _, busy_threads, silent_share = got
+    return [f"cpu_cores:{cores:.2f}", f"cpu_seconds:{cpu_s:.1f}",
+            f"cpu_busy_threads:{busy_threads}", f"cpu_silent_share:{silent_share:.2f}"]
+
+
 def build_alert(
     session: dict,
     answer: ModelAnswer,
@@ -210,7 +221,7 @@ def build_alert(
         "model_name": model_name,
         "model_version": int(answer.model_version),
         "incident_id": "",
-        "tags": [f"source:{session.get('source', 'unknown')}"],
+        "tags": [f"source:{session.get('source', 'unknown')}", *_cpu_tags(session)],
     }
 
 

@@ -99,6 +99,9 @@ def load_corpus(
             raise SourceError(f"trace missing: {path}")
         if verify and sha256_file(path) != run["sha256"]:
             raise SourceError(f"trace changed since recording: {path}")
+        if verify and run.get("cpu") and sha256_file(corpus_dir / run["cpu"]) != run[
+                "cpu_sha256"]:
+            raise SourceError(f"CPU readings changed since recording: {path}")
         stats = TraceStats()
         batches = [
             b

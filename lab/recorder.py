@@ -72,6 +72,7 @@ from systerns.lab.scriptminer import (
 )
 from systerns.lab.server import lab_http_server
 from systerns.lab.tracefile import trace_facts
+from systerns.producers.cputime import file_sink, samples_path
 from systerns.producers.trace import STRACE_OPTIONS, record, strace_version
 
 log = structlog.get_logger(__name__)
@@ -137,17 +138,19 @@ def _record_run(spec: RunSpec, sb: Sandbox, traces: Path, keep_work: bool) -> di
         loader.start()
     t0 = time.monotonic()
     try:
-        rc = record(
-            list(spec.argv),
-            trace,
-            timeout_s=spec.timeout_s,
-            netns=spec.netns,
-            argv0=spec.argv0,
-            env=sb.env(lang=spec.lang),
-            cwd=spec.cwd,
-            stdin_path=spec.stdin,
-            stdout_path=stdout,
-        )
+        with open(samples_path(trace), "w", encoding="ascii") as cpu_fh:
+            rc = record(
+                list(spec.argv),
+                trace,
+                timeout_s=spec.timeout_s,
+                netns=spec.netns,
+                argv0=spec.argv0,
+                env=sb.env(lang=spec.lang),
+                cwd=spec.cwd,
+                stdin_path=spec.stdin,
+                stdout_path=stdout,
+                cpu_sink=file_sink(cpu_fh),
+            )
     finally:
         stop.set()
         if loader is not None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from systerns.core.errors import SourceError
+from systerns.producers.cputime import TreeSampler, file_sink, samples_path
 
 _PID_RE = re.compile(rb"^(\d+) ")
 
@@ -28,9 +29,19 @@ def hash_trace(path: Path) -> tuple[str, int, int, int | None]:
 
 
 def trace_facts(trace: Path, traces: Path, exit_code: int, duration_s: float) -> dict:
-    """The manifest fields every run has about its trace and how it ended."""
+    """The manifest fields every run has about its trace and how it ended.
+
+    A run recorded with CPU readings (``producers.cputime``) also names their
+    file, its checksum and how many readings it holds.
+    """
     sha, size, lines, root_pid = hash_trace(trace)
-    return {
+    cpu: dict = {}
+    cpu_file = samples_path(trace)
+    if cpu_file.is_file():
+        cpu_sha, _, cpu_lines, _ = hash_trace(cpu_file)
+        cpu = {"cpu": str(cpu_file.relative_to(traces.parent)), "cpu_sha256": cpu_sha,
+               "cpu_readings": cpu_lines}
+    return cpu | {
         "trace": str(trace.relative_to(traces.parent)),
         "sha256": sha,
         "trace_bytes": size,
@@ -45,12 +56,20 @@ def run_harness(cmd: list[str], *, env: dict[str, str], cwd: Path, trace: Path,
                 run_id: str) -> tuple[subprocess.CompletedProcess, float]:
     """Run a harness that writes ``trace``; return its result and wall seconds.
 
+    The CPU time of every thread below the harness is read about once a second
+    into the trace's ``.cpu`` file (``producers.cputime``).
+
     Raises:
         SourceError: the harness left no trace, or an empty one.
     """
     trace.unlink(missing_ok=True)
     t0 = time.monotonic()
-    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, check=False)
+    with open(samples_path(trace), "w", encoding="ascii") as cpu_fh:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        with TreeSampler(proc.pid, file_sink(cpu_fh)):
+            out, err = proc.communicate()
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     duration_s = time.monotonic() - t0
     if not trace.is_file() or trace.stat().st_size == 0:
         raise SourceError(

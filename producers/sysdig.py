@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from systerns.core.errors import (
 )
 from systerns.core.events import EventBatch, ProcessInfo, Syscall
 from systerns.core.syscalls import NON_SYSCALL_EVENTS, PATH_SYSCALLS, canonical
+from systerns.producers.cputime import ProcWatch
 from systerns.producers.ticker import FLUSH_EVERY_S, TICK, Tick, ticking
 
 log = structlog.get_logger(__name__)
@@ -68,6 +70,7 @@ class ReadStats:
     skipped_enter: int = 0
     bad: int = 0
     batches: int = 0
+    cpu_readings: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
     def count_bad(self, reason: str) -> None:
@@ -238,6 +241,10 @@ class Batcher:
             del self._open[key]
         return out
 
+    def open_processes(self) -> list[ProcessInfo]:
+        """The processes with an open batch."""
+        return [info for info, _ in self._open.values()]
+
     def drain(self) -> list[EventBatch]:
         """Every batch still open (end of input, or a periodic flush)."""
         out = [EventBatch(i, tuple(evs), self.source) for i, evs in self._open.values()]
@@ -250,14 +257,25 @@ def read_lines(
     host: str,
     stats: ReadStats,
     source: str = "sysdig",
+    cpu: ProcWatch | None = None,
 ) -> Iterator[EventBatch | InputError]:
     """Batches and input errors from sysdig JSON lines, in order.
 
     A ``TICK`` among the lines (``producers.ticker``) publishes every open batch.
+    With ``cpu`` (live capture), each tick first adds the CPU readings of the
+    processes seen lately (``producers.cputime.ProcWatch``) to their batches.
     """
     batcher = Batcher(source)
     for line in lines:
         if line is TICK:
+            if cpu is not None:
+                now = time.time_ns()
+                cpu.seen(batcher.open_processes(), now)
+                for info, ev in cpu.read(now):
+                    stats.cpu_readings += 1
+                    for b in batcher.add(info, ev):
+                        stats.batches += 1
+                        yield b
             for b in batcher.drain():
                 stats.batches += 1
                 yield b
@@ -346,7 +364,7 @@ def read_live(
                 break
 
     try:
-        yield from read_lines(lines(), host, stats, "sysdig-live")
+        yield from read_lines(lines(), host, stats, "sysdig-live", cpu=ProcWatch())
     finally:
         proc.terminate()
         try:

@@ -19,6 +19,7 @@ never raised.
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import posixpath
@@ -37,9 +38,16 @@ from pathlib import Path
 import structlog
 
 from systerns.core.errors import InputError, ParseError, SourceError
-from systerns.core.events import EventBatch, ProcessInfo, Syscall
+from systerns.core.events import CPU_EVENT, EventBatch, ProcessInfo, Syscall
 from systerns.core.redact import clean_cmdline
 from systerns.core.syscalls import PATH_SYSCALLS, canonical
+from systerns.producers.cputime import (
+    CpuSample,
+    TreeSampler,
+    merge_samples,
+    read_samples,
+    samples_path,
+)
 from systerns.producers.ticker import FLUSH_EVERY_S, TICK, Tick, follow_lines
 
 log = structlog.get_logger(__name__)
@@ -111,6 +119,7 @@ class TraceStats:
     bad: int = 0
     exits: int = 0
     dropped_after_exit: int = 0
+    cpu_samples: int = 0
     exit_code: int | None = None
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -415,6 +424,16 @@ def parse_trace(
             yield from out
             out.clear()
             continue
+        if type(line) is CpuSample:
+            # A reading of a thread's CPU time: it joins its process's batch
+            # when the process is one the trace knows and has not ended.
+            p = threads.get(line.tid) or procs.get(line.pid)
+            if p is not None and p.pid == line.pid and not p.closed:
+                p.buf.append(Syscall(line.ts_ns, line.tid, CPU_EVENT, line.cpu_ns, ""))
+                st.cpu_samples += 1
+                if len(p.buf) >= BATCH_MAX_EVENTS:
+                    flush(p)
+            continue
         st.lines += 1
         s = line.rstrip("\r\n")  # type: ignore[union-attr]
         try:
@@ -498,8 +517,32 @@ def iter_trace_file(path: Path) -> Iterator[str]:
 
 
 def parse_trace_file(path: Path, **kwargs) -> Iterator[EventBatch | InputError]:
-    """``parse_trace`` over a trace file; keyword arguments are passed on."""
-    return parse_trace(iter_trace_file(path), **kwargs)
+    """``parse_trace`` over a trace file; keyword arguments are passed on.
+
+    The CPU readings recorded beside it (``producers.cputime.samples_path``),
+    when there are any, are put among its lines in time order.
+    """
+    lines: Iterable = iter_trace_file(path)
+    cpu = samples_path(path)
+    if cpu.is_file():
+        lines = merge_samples(lines, read_samples(cpu))
+    return parse_trace(lines, **kwargs)
+
+
+def _with_readings(lines: Iterable[str | Tick], readings: collections.deque
+                   ) -> Iterator[str | Tick | CpuSample]:
+    """Followed trace lines with the CPU readings taken so far put before each tick.
+
+    Readings arrive from the sampler thread; they go out on the next tick (or at
+    the end), so they join the batches that tick publishes.
+    """
+    for line in lines:
+        if line is TICK:
+            while readings:
+                yield from readings.popleft()
+        yield line
+    while readings:
+        yield from readings.popleft()
 
 
 def _which(prog: str) -> str:
@@ -528,6 +571,7 @@ def record(
     cwd: Path | str | None = None,
     stdin_path: Path | None = None,
     stdout_path: Path | None = None,
+    cpu_sink: Callable[[list[CpuSample]], None] | None = None,
 ) -> int:
     """Run a command under strace, writing the trace to ``out_path``.
 
@@ -547,6 +591,8 @@ def record(
         cwd: working directory of the command.
         stdin_path: file for the command's standard input; /dev/null when None.
         stdout_path: file for its standard output; /dev/null when None.
+        cpu_sink: receives the CPU time of every thread below strace about once
+            a second while the command runs (``producers.cputime``).
 
     Returns:
         The command's exit code (124 when the timeout fired, 128+N when killed by
@@ -597,7 +643,10 @@ def record(
             start_new_session=True,
         )
         limit_s = None if timeout_s is None else timeout_s + KILL_GRACE_S + 10.0
+        sampler = TreeSampler(proc.pid, cpu_sink) if cpu_sink is not None else None
         try:
+            if sampler is not None:
+                sampler.__enter__()
             rc = proc.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             log.warning("trace_record_killed", pid=proc.pid, limit_s=limit_s)
@@ -606,6 +655,9 @@ def record(
             except ProcessLookupError:
                 pass
             rc = proc.wait()
+        finally:
+            if sampler is not None:
+                sampler.__exit__()
         stderr.seek(0)
         err_tail = stderr.read()[-2000:].decode("utf-8", "replace")
     duration_s = time.monotonic() - t0
@@ -678,11 +730,13 @@ def trace_command(
     path = out_dir / (f"trace-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-"
                       f"{secrets.token_hex(4)}.strace")
     failure: list[BaseException] = []
+    readings: collections.deque[list[CpuSample]] = collections.deque()
 
     def run() -> None:
         try:
             st.exit_code = record(argv, path, timeout_s=timeout_s, netns=netns,
-                                  argv0=argv0, env=env, cwd=cwd)
+                                  argv0=argv0, env=env, cwd=cwd,
+                                  cpu_sink=readings.append)
         except BaseException as exc:  # noqa: BLE001 - raised by the reader below
             failure.append(exc)
 
@@ -690,8 +744,9 @@ def trace_command(
     recorder = threading.Thread(target=run, name="systerns-trace-record")
     recorder.start()
     root_cwd = str(Path(cwd).absolute()) if cwd is not None else os.getcwd()
-    lines = follow_lines(path, lambda: not recorder.is_alive(),
-                         every_s=flush_every_s)
+    lines = _with_readings(
+        follow_lines(path, lambda: not recorder.is_alive(), every_s=flush_every_s),
+        readings)
     try:
         for item in parse_trace(lines, host=host, container_id=container_id,
                                 cwd=root_cwd, stats=st):

@@ -95,3 +95,39 @@ def add_dialect_rows(
     out = [np.concatenate([features, extra])]
     out += [np.concatenate([c, c[picked]]) for c in columns]
     return tuple(out)
+
+
+def add_cpu_blind_rows(
+    features: np.ndarray,
+    labels: np.ndarray,
+    malicious: np.ndarray,
+    groups: np.ndarray,
+    eligible: np.ndarray,
+    *,
+    seed: int,
+    share: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Append copies of rows with CPU readings, their CPU block zeroed.
+
+    A collector that reads ``/proc`` sends CPU readings; a capture file read
+    after the fact has none, and its sessions show a zero CPU block (feature
+    version 3). These copies, with the row's own label and run, teach the
+    model the second case from the same programs. Only ``eligible`` rows that
+    have readings are copied, a random ``share`` of them.
+    """
+    start = OFFSETS.get("cpu_stats")
+    if start is None or share <= 0:
+        return features, labels, malicious, groups
+    has = (features[:, start] > 0) & eligible
+    rng = np.random.default_rng(seed + 104729)
+    pick = np.flatnonzero(has & (rng.random(len(features)) < share))
+    if not len(pick):
+        return features, labels, malicious, groups
+    copies = features[pick].copy()
+    copies[:, start:] = 0.0
+    return (
+        np.concatenate([features, copies]),
+        np.concatenate([labels, labels[pick]]),
+        np.concatenate([malicious, malicious[pick]]),
+        np.concatenate([groups, groups[pick]]),
+    )

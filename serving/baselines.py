@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from systerns.core.events import CPU_EVENT
 from systerns.core.verdicts import normalize_name
 from systerns.serving.dataset import UNKNOWN, Split
 
@@ -125,7 +126,7 @@ def main_sequences(runs: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
             for b in run["batches"]
             if b.process.pid == pid
             for e in b.events
-            if e.ts_ns >= t0
+            if e.ts_ns >= t0 and e.name != CPU_EVENT  # syscalls only
         ]
         events.sort(key=lambda e: e.ts_ns)
         out[str(run["run_id"])] = [e.name for e in events]

@@ -144,6 +144,7 @@ def cross_validate(
             len(classes),
             config,
             seed=seed,
+            label_names=train.label_names,
         )
         out = model(tf.constant(held.features), training=False)
         parts.append(

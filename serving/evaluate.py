@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from systerns.core.features import OFFSETS
 from systerns.core.verdicts import ModelAnswer, VerdictPolicy, names_match, reasons_for
 from systerns.serving.baselines import (
     NgramBaseline,
@@ -573,6 +574,10 @@ def evaluate(
     metrics["session_at_model_threshold"] = operating_point(truth, score, threshold)
     metrics["miner_time_to_alert_s"] = time_to_alert(split, mal, threshold)
 
+    blind = without_cpu(model, split)
+    if blind is not None:
+        metrics["without_cpu_readings"] = blind
+
     ngram = None
     outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {"model": (probs, mal)}
     if baselines:
@@ -610,6 +615,38 @@ def evaluate(
             metrics, model.classes, Path(report_path), split=split, outputs=outputs
         )
     return metrics
+
+
+def without_cpu(model: LocalModel, split: Split) -> dict[str, Any] | None:
+    """The test split scored as a source without CPU readings would show it.
+
+    A capture file read after the fact carries no ``/proc`` readings (feature
+    version 3's CPU block is zero); this scores the same rows that way, per
+    label too, so the report says what each miner costs without them. None for
+    models older than feature version 3 (they never read the block).
+    """
+    start = OFFSETS.get("cpu_stats")
+    if start is None or model.feature_dim <= start:
+        return None
+    x = split.features.copy()
+    x[:, start:] = 0.0
+    probs, mal = model.predict_arrays(x)
+    m = split_metrics(model.classes, split, probs, mal, model.malicious_threshold)
+    ids, truth, score = session_level(split, mal)
+    labels = {split.run_ids[i]: split.label_names[i] for i in range(len(split))}
+    per_label: dict[str, list[int]] = {}
+    for run_id, t, sc in zip(ids, truth, score, strict=True):
+        if t:
+            hit = per_label.setdefault(str(labels[run_id]), [0, 0])
+            hit[0] += int(sc >= model.malicious_threshold)
+            hit[1] += 1
+    return {
+        "top1_accuracy_runs": m["top1_accuracy_runs"],
+        "top1_hash_merged_accuracy_runs": m["top1_hash_merged_accuracy_runs"],
+        "session_at_model_threshold": operating_point(
+            truth, score, model.malicious_threshold),
+        "miners_caught_by_label": per_label,
+    }
 
 
 def _fit_baselines(

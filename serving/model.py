@@ -65,6 +65,13 @@ class FitConfig:
             strace's own cost per syscall keeps every recorded gap above them,
             while most of a sysdig capture's gaps fall there; unfolded, a
             capture shows a gap histogram no training row looks like.
+        cpu_blind_share: share of the training rows that have CPU readings
+            (feature version 3) also trained on with the CPU block zeroed, as
+            a source without readings (a capture file) shows them; 0 for none.
+        cpu_only_labels: labels whose rows never get such a copy: their
+            sessions are, without CPU time, what benign programs do (the Perl
+            miner's silent hashing threads beside a ``select`` loop), so a copy
+            would teach that a ``select`` loop is a miner.
     """
 
     members: int = 5
@@ -79,6 +86,8 @@ class FitConfig:
     mask_unseen: bool = True
     dialect_share: float = 0.0
     fold_fast_gaps: bool = True
+    cpu_blind_share: float = 1.0
+    cpu_only_labels: tuple[str, ...] = ("plminer",)
 
 
 @keras.saving.register_keras_serializable(package="systerns")
@@ -301,6 +310,7 @@ def fit_model(
     config: FitConfig | None = None,
     *,
     seed: int = 7,
+    label_names: np.ndarray | None = None,
 ) -> keras.Model:
     """Train every member on its own, then return their average.
 
@@ -315,6 +325,8 @@ def fit_model(
         n_classes: width of the ``command_probs`` output.
         config: hyper-parameters; the defaults when None.
         seed: base seed.
+        label_names: the run's own label per row, for ``cpu_only_labels``
+            (every row may get a CPU-blind copy when None).
 
     Returns:
         The averaged ensemble, uncompiled.
@@ -335,6 +347,19 @@ def fit_model(
             share=config.dialect_share,
         )
         log.info("dialect_rows_added", rows=len(features) - n_real, real_rows=n_real)
+    if config.cpu_blind_share > 0:
+        from systerns.serving.augment import add_cpu_blind_rows
+
+        eligible = np.ones(len(features), bool)
+        if label_names is not None and config.cpu_only_labels:
+            eligible[:len(label_names)] = ~np.isin(
+                np.asarray(label_names, object), list(config.cpu_only_labels))
+        n_real = len(features)
+        features, labels, malicious, groups = add_cpu_blind_rows(
+            features, labels, malicious, groups, eligible, seed=seed,
+            share=config.cpu_blind_share,
+        )
+        log.info("cpu_blind_rows_added", rows=len(features) - n_real, real_rows=n_real)
     targets = {OUTPUT_COMMAND: labels, OUTPUT_MALICIOUS: malicious.reshape(-1, 1)}
     weights = {
         OUTPUT_COMMAND: balanced_weights(labels, groups),

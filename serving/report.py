@@ -256,6 +256,24 @@ def write_full_report(
         if name in plots:
             lines.append(f"\n![{name}]({rel}/{plots[name]})")
 
+    blind = metrics.get("without_cpu_readings")
+    if blind:
+        bop = blind["session_at_model_threshold"]
+        caught = ", ".join(f"{label} {hit}/{n}" for label, (hit, n)
+                           in sorted(blind["miners_caught_by_label"].items()))
+        lines += [
+            "",
+            "## Without CPU readings",
+            "",
+            "The same test rows with the CPU block zeroed, as a source without"
+            " `/proc` readings (a capture file read after the fact) shows them:"
+            f" command top-1 {_cell(blind['top1_accuracy_runs'])} (hash merged"
+            f" {_cell(blind['top1_hash_merged_accuracy_runs'])}); per session,"
+            f" recall {_cell(bop['recall'])} and false positive rate"
+            f" {_cell(bop['false_positive_rate'])} ({bop['false_positives']} of"
+            f" {bop['negatives']} benign). Miners caught per implementation: {caught}.",
+        ]
+
     tta = metrics.get("miner_time_to_alert_s", {})
     lines += [
         "",

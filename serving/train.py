@@ -120,6 +120,7 @@ def train_on(
         len(data.classes),
         config,
         seed=seed,
+        label_names=data.train.label_names,
     )
     fit_s = time.monotonic() - started
 
@@ -145,6 +146,8 @@ def train_on(
             "mask_unseen": config.mask_unseen,
             "dialect_share": config.dialect_share,
             "fold_fast_gaps": config.fold_fast_gaps,
+            "cpu_blind_share": config.cpu_blind_share,
+            "cpu_only_labels": list(config.cpu_only_labels),
         },
         "excluded_labels": sorted(excluded),
         "train_runs": data.train.n_runs,

@@ -81,16 +81,20 @@ def _shaped_session() -> dict:
     return closed.session
 
 
-def test_version_one_is_a_prefix_of_version_two():
+def test_each_version_is_a_prefix_of_the_next():
     s = _shaped_session()
     v1 = vectorize(s, version=1)
-    v2 = vectorize(s)
+    v2 = vectorize(s, version=2)
+    v3 = vectorize(s)
 
-    assert FEATURE_VERSION == 2
+    assert FEATURE_VERSION == 3
     assert v1.shape == (FEATURE_DIMS[1],) and v2.shape == (FEATURE_DIMS[2],)
-    assert FEATURE_DIMS[2] > FEATURE_DIMS[1]
+    assert v3.shape == (FEATURE_DIMS[3],)
+    assert FEATURE_DIMS[3] > FEATURE_DIMS[2] > FEATURE_DIMS[1]
     assert np.array_equal(v2[: FEATURE_DIMS[1]], v1)
-    assert np.array_equal(fit_version(v2[None], 1)[0], v1)
+    assert np.array_equal(v3[: FEATURE_DIMS[2]], v2)
+    assert np.array_equal(fit_version(v3[None], 1)[0], v1)
+    assert np.array_equal(fit_version(v3[None], 2)[0], v2)
     with pytest.raises(ValueError):
         fit_version(v1[None], 2)
     with pytest.raises(ValueError):

@@ -213,6 +213,11 @@ def test_train_exports_and_evaluates(plumbing_corpus: Path, tmp_path: Path) -> N
     assert held_out["miner_recall_runs"] == 1.0
     assert held_out["false_positive_rate_runs"] == 0.0
     assert "Confusion matrix" in report.read_text()
+    # The same rows scored as a source without CPU readings shows them.
+    blind = held_out["without_cpu_readings"]
+    assert blind["session_at_model_threshold"]["negatives"] == 4
+    assert sum(n for _, n in blind["miners_caught_by_label"].values()) == 2
+    assert "## Without CPU readings" in report.read_text()
     assert LocalModel(path).predict(np.zeros((1, FEATURE_DIM)))[0].model_version == 3
 
 
