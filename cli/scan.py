@@ -47,7 +47,7 @@ def scan_file(path: Path, detector: Detector, *, host: str,
     judgements = []
     events = 0
     for batch in read_any(path, host, errors):
-        events += len(batch)
+        events += batch.syscall_count()
         judgements.extend(sessionizer.ingest(batch))
     judgements.extend(sessionizer.flush())
     outcomes = detector.judge(judgements) if judgements else []

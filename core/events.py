@@ -70,3 +70,7 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.events)
+
+    def syscall_count(self) -> int:
+        """Events that are syscalls (``CPU_EVENT`` readings left out)."""
+        return len(self.events) - [e[2] for e in self.events].count(CPU_EVENT)

@@ -238,6 +238,10 @@ class Sessionizer:
         if state is not None and not _same_image(state, info) and not any(
             e.name in EXEC_TYPES for e in events
         ):
+            if all(e.name == CPU_EVENT for e in events):
+                # CPU readings named after another image (the collector still
+                # held the old one's name): they say nothing of this session.
+                return []
             # Same pid, another program and no execve seen: the pid was reused.
             out.append(self._close(key, state, "exit"))
             state = None
@@ -249,6 +253,11 @@ class Sessionizer:
         i, n = 0, len(events)
         while i < n:
             ev = events[i]
+            if state is None and ev.name == CPU_EVENT:
+                # A reading never opens a session: before the process's first
+                # syscall, or after its exit, there is nothing to read it into.
+                i += 1
+                continue
             if state is None:
                 if len(self.store) >= policy.max_sessions:
                     out.extend(self._evict_oldest(partition))
@@ -328,7 +337,9 @@ class Sessionizer:
         own = [k for k, s in self.store.items() if s.get("partition", 0) == partition]
         if not own:
             return []
-        key = min(own, key=lambda k: self.store[k]["last_ts_ns"])
+        # Readings count as activity: a miner whose threads went quiet is alive.
+        key = min(own, key=lambda k: max(self.store[k]["last_ts_ns"],
+                                         self.store[k].get("cpu_ts_ns", 0)))
         state = self.store[key]
         state["evicted"] = True
         return [self._close(key, state, "evicted")]

@@ -35,6 +35,11 @@ log = structlog.get_logger(__name__)
 #: Seconds between two readings of a process tree.
 SAMPLE_EVERY_S = 1.0
 _TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
+#: A live reader holds a reading until its source's events have passed the
+#: reading's time (so the syscalls made before it are folded before it, as in
+#: a recording merged offline), or this long at most (a source with nothing
+#: to say).
+READING_HOLD_S = 3.0
 #: Threads read per process at most (a hostile process may start thousands).
 MAX_TASKS = 256
 _PROC = Path("/proc")
@@ -88,8 +93,10 @@ def read_process(pid: int, ts_ns: int | None = None,
         except OSError:
             continue
         f = _stat_fields(raw)
-        # After the comm: state(0) ppid(1) ... utime(11) stime(12).
-        if f is None or len(f) < 13 or not (f[11].isdigit() and f[12].isdigit()):
+        # After the comm: state(0) ppid(1) ... utime(11) stime(12). A zombie
+        # (Z) or dead (X) task has ended: its reading would outlive the process.
+        if f is None or len(f) < 13 or not (f[11].isdigit() and f[12].isdigit()) \
+                or f[0] in (b"Z", b"X"):
             continue
         out.append(CpuSample(ts, pid, int(name), (int(f[11]) + int(f[12])) * _TICK_NS))
     return out
@@ -116,11 +123,14 @@ def descendants(root: int, proc: Path = _PROC) -> list[int]:
     children: dict[int, list[int]] = {}
     for pid, ppid in parent_map(proc).items():
         children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
+    out, todo, seen = [], [root], {root}
     while todo:
         pid = todo.pop()
         out.append(pid)
-        todo.extend(sorted(children.get(pid, ()), reverse=True))
+        # A pid reused while /proc was listed can make a cycle: visit once.
+        kids = [c for c in sorted(children.get(pid, ()), reverse=True) if c not in seen]
+        seen.update(kids)
+        todo.extend(kids)
     return out
 
 
@@ -211,6 +221,21 @@ class ProcWatch:
         return out
 
 
+def release(held: list, latest_ns: int, now_ns: int) -> tuple[list, list]:
+    """Split held readings into (ready, still held) by ``READING_HOLD_S``.
+
+    ``held`` holds ``CpuSample`` or ``(ProcessInfo, Syscall)`` items; a reading
+    is ready once the source's latest event time reached it, or once it is
+    ``READING_HOLD_S`` old.
+    """
+    cutoff = max(latest_ns, now_ns - int(READING_HOLD_S * 1e9))
+    ready, kept = [], []
+    for item in held:
+        ts = item.ts_ns if isinstance(item, CpuSample) else item[1].ts_ns
+        (ready if ts <= cutoff else kept).append(item)
+    return ready, kept
+
+
 def file_sink(fh: IO[str]) -> Callable[[list[CpuSample]], None]:
     """A sink writing readings as ``ts_ns pid tid cpu_ns`` lines."""
     def write(samples: list[CpuSample]) -> None:
@@ -236,6 +261,17 @@ def read_samples(path: Path) -> list[CpuSample]:
     return out
 
 
+def stamp_ns(line: str) -> int | None:
+    """The time stamp of a ``PID SEC.USEC ...`` trace line, in ns (None without one)."""
+    parts = line.split(None, 2)
+    if len(parts) < 2:
+        return None
+    try:
+        return int(float(parts[1]) * 1e9)
+    except (ValueError, OverflowError):  # not a stamp, or inf/nan
+        return None
+
+
 def merge_samples(lines: Iterable[object], samples: list[CpuSample]
                   ) -> Iterator[object]:
     """Trace lines with readings put between them in time order.
@@ -246,16 +282,11 @@ def merge_samples(lines: Iterable[object], samples: list[CpuSample]
     i, n = 0, len(samples)
     for line in lines:
         if i < n and isinstance(line, str):
-            parts = line.split(None, 2)
-            if len(parts) >= 2:
-                try:
-                    ts = int(float(parts[1]) * 1e9)
-                except ValueError:
-                    ts = None
-                if ts is not None:
-                    while i < n and samples[i].ts_ns <= ts:
-                        yield samples[i]
-                        i += 1
+            ts = stamp_ns(line)
+            if ts is not None:
+                while i < n and samples[i].ts_ns <= ts:
+                    yield samples[i]
+                    i += 1
         yield line
     while i < n:
         yield samples[i]

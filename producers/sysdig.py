@@ -30,7 +30,7 @@ from systerns.core.errors import (
 )
 from systerns.core.events import EventBatch, ProcessInfo, Syscall
 from systerns.core.syscalls import NON_SYSCALL_EVENTS, PATH_SYSCALLS, canonical
-from systerns.producers.cputime import ProcWatch
+from systerns.producers.cputime import ProcWatch, release
 from systerns.producers.ticker import FLUSH_EVERY_S, TICK, Tick, ticking
 
 log = structlog.get_logger(__name__)
@@ -266,12 +266,19 @@ def read_lines(
     processes seen lately (``producers.cputime.ProcWatch``) to their batches.
     """
     batcher = Batcher(source)
+    held: list = []
+    latest = 0
     for line in lines:
         if line is TICK:
             if cpu is not None:
+                # Readings wait until the events read have passed their time
+                # (``producers.cputime.release``): syscalls made before a
+                # reading are folded before it, as in a recording.
                 now = time.time_ns()
                 cpu.seen(batcher.open_processes(), now)
-                for info, ev in cpu.read(now):
+                held.extend(cpu.read(now))
+                ready, held = release(held, latest, now)
+                for info, ev in ready:
                     stats.cpu_readings += 1
                     for b in batcher.add(info, ev):
                         stats.batches += 1
@@ -295,6 +302,8 @@ def read_lines(
             stats.skipped_non_syscall += 1
             continue
         stats.syscalls += 1
+        if cpu is not None and parsed[1].ts_ns > latest:
+            latest = parsed[1].ts_ns
         for b in batcher.add(*parsed):
             stats.batches += 1
             yield b

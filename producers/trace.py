@@ -46,7 +46,9 @@ from systerns.producers.cputime import (
     TreeSampler,
     merge_samples,
     read_samples,
+    release,
     samples_path,
+    stamp_ns,
 )
 from systerns.producers.ticker import FLUSH_EVERY_S, TICK, Tick, follow_lines
 
@@ -531,18 +533,31 @@ def parse_trace_file(path: Path, **kwargs) -> Iterator[EventBatch | InputError]:
 
 def _with_readings(lines: Iterable[str | Tick], readings: collections.deque
                    ) -> Iterator[str | Tick | CpuSample]:
-    """Followed trace lines with the CPU readings taken so far put before each tick.
+    """Followed trace lines with the CPU readings taken so far put before ticks.
 
-    Readings arrive from the sampler thread; they go out on the next tick (or at
-    the end), so they join the batches that tick publishes.
+    Readings arrive from the sampler thread and are held until the trace's
+    lines have passed their time (``producers.cputime.release``), so the
+    syscalls made before a reading are parsed before it, as when a finished
+    recording is merged; a held reading goes out before the next tick after
+    that (or at the end), and joins the batches that tick publishes.
     """
+    held: list = []
+    latest = 0
     for line in lines:
         if line is TICK:
             while readings:
-                yield from readings.popleft()
+                held.extend(readings.popleft())
+            if held:
+                ready, held = release(held, latest, time.time_ns())
+                yield from ready
+        elif held or readings:
+            ts = stamp_ns(line)  # type: ignore[arg-type]
+            if ts is not None and ts > latest:
+                latest = ts
         yield line
     while readings:
-        yield from readings.popleft()
+        held.extend(readings.popleft())
+    yield from held
 
 
 def _which(prog: str) -> str:

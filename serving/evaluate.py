@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from systerns.core.events import CPU_EVENT
 from systerns.core.features import OFFSETS
 from systerns.core.verdicts import ModelAnswer, VerdictPolicy, names_match, reasons_for
 from systerns.serving.baselines import (
@@ -339,7 +340,8 @@ def replay_sessions(
             part = EventBatch(
                 batch.process, batch.events[i : i + chunk_events], batch.source
             )
-            seen.setdefault(batch.process.pid, []).extend(e.name for e in part.events)
+            seen.setdefault(batch.process.pid, []).extend(
+                e.name for e in part.events if e.name != CPU_EVENT)  # syscalls only
             keep(sz.ingest(part))
     keep(sz.flush())
     return out

@@ -338,15 +338,6 @@ def fit_model(
     if len(features) == 0:
         raise ValueError("no training rows")
 
-    if config.dialect_share > 0:
-        from systerns.serving.augment import add_dialect_rows
-
-        n_real = len(features)
-        features, labels, malicious, groups = add_dialect_rows(
-            features, labels, malicious, groups, seed=seed,
-            share=config.dialect_share,
-        )
-        log.info("dialect_rows_added", rows=len(features) - n_real, real_rows=n_real)
     if config.cpu_blind_share > 0:
         from systerns.serving.augment import add_cpu_blind_rows
 
@@ -360,6 +351,15 @@ def fit_model(
             share=config.cpu_blind_share,
         )
         log.info("cpu_blind_rows_added", rows=len(features) - n_real, real_rows=n_real)
+    if config.dialect_share > 0:
+        from systerns.serving.augment import add_dialect_rows
+
+        n_real = len(features)
+        features, labels, malicious, groups = add_dialect_rows(
+            features, labels, malicious, groups, seed=seed,
+            share=config.dialect_share,
+        )
+        log.info("dialect_rows_added", rows=len(features) - n_real, real_rows=n_real)
     targets = {OUTPUT_COMMAND: labels, OUTPUT_MALICIOUS: malicious.reshape(-1, 1)}
     weights = {
         OUTPUT_COMMAND: balanced_weights(labels, groups),

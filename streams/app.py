@@ -49,6 +49,8 @@ from systerns.streams.offsets import watermarks
 log = structlog.get_logger(__name__)
 
 EVENTS_IN = Counter("systerns_worker_events_total", "Syscall events consumed")
+READINGS_IN = Counter("systerns_worker_cpu_readings_total",
+                      "CPU time readings consumed (cpu_time events)")
 RECORDS_IN = Counter("systerns_worker_records_total", "Event records consumed")
 SESSIONIZED = Counter("systerns_worker_events_sessionized_total",
                       "Syscall events folded into a session")
@@ -478,7 +480,8 @@ def create_app(settings: Settings, *, model=None,
               "dead_letters": 0, "judgements": 0, "verdicts": 0, "alerts": 0,
               "duplicate_alerts": 0, "suppressed": 0, "model_retries": 0,
               "breaker_opened": 0, "queued_peak": 0, "records_replayed": 0,
-              "events_replayed": 0, "records_refetched": 0, "records_expired": 0}
+              "events_replayed": 0, "records_refetched": 0, "records_expired": 0,
+              "cpu_readings": 0}
     app.systerns_totals = totals  # type: ignore[attr-defined]
     app.systerns_breaker = breaker  # type: ignore[attr-defined]
 
@@ -626,8 +629,10 @@ def create_app(settings: Settings, *, model=None,
         RECORDS_IN.inc(step.records)
         BATCHES_IN.inc(step.batches)
         EVENTS_IN.inc(step.events)
+        READINGS_IN.inc(step.readings)
         totals["records"] += step.records
         totals["events"] += step.events
+        totals["cpu_readings"] += step.readings
         if step.replayed_records:
             REPLAYED.inc(step.replayed_records)
             totals["records_replayed"] += step.replayed_records
@@ -815,6 +820,7 @@ class FoldStep:
     records: int = 0
     batches: int = 0
     events: int = 0
+    readings: int = 0
     sessionized_records: int = 0
     sessionized_events: int = 0
     replayed_records: int = 0
@@ -879,7 +885,10 @@ def fold_records(store: _JsonTable, sessionizer: Sessionizer,
                                  f"{topic}/{partition}/{offset}", value, 0))
                 continue
             out.batches += 1
-            size = len(batch)
+            # Syscalls only: CPU readings are counted apart (a session's
+            # n_events, which the balance compares with, holds syscalls).
+            size = batch.syscall_count()
+            out.readings += len(batch) - size
             out.events += size
             if store.already_applied(batch.process.key, partition, offset):
                 # Re-consumed after a crash: the changelog holds it already.

@@ -148,7 +148,7 @@ def sessionize(values: Iterator[tuple[int, bytes]],
         except InputError:
             bt.bad_records += 1
             continue
-        bt.events += len(batch)
+        bt.events += batch.syscall_count()
         bt.judgements.extend(sz.ingest(batch, partition=partition))
     bt.judgements.extend(sz.flush())
     return bt

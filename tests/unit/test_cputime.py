@@ -163,7 +163,10 @@ def test_proc_watch_reads_seen_processes_and_forgets_gone_ones() -> None:
     assert watch.read(20 * S) == [] and len(watch) == 0  # not seen for 18 s
 
 
-def test_live_reader_adds_readings_to_batches_at_ticks() -> None:
+def test_live_reader_adds_readings_to_batches_at_ticks(monkeypatch) -> None:
+    import systerns.producers.cputime as cputime
+
+    monkeypatch.setattr(cputime, "READING_HOLD_S", 0.0)  # no events to wait for
     me = ProcessInfo("h", "host", os.getpid(), os.getppid(), "py", "py", "py")
     watch = ProcWatch()
     watch.seen([me], now_ns=0)
@@ -174,6 +177,42 @@ def test_live_reader_adds_readings_to_batches_at_ticks() -> None:
     assert out and out[0].process == me
     assert {e.name for e in out[0].events} == {CPU_EVENT}
     assert stats.cpu_readings == len(out[0].events) >= 1
+
+
+class _OneReading:
+    """A ProcWatch stand-in: one reading of pid 5 at a fixed time."""
+
+    def __init__(self, info: ProcessInfo, ts: int) -> None:
+        self.info, self.ts, self.done = info, ts, False
+
+    def seen(self, infos, now_ns: int) -> None:
+        pass
+
+    def read(self, now_ns: int) -> list:
+        if self.done:
+            return []
+        self.done = True
+        return [(self.info, Syscall(self.ts, 5, CPU_EVENT, 42, ""))]
+
+
+def test_live_readings_wait_until_the_events_before_them_are_read() -> None:
+    import orjson
+
+    ts = 10**19 // 2  # later than the clock: only events can release it
+    info = ProcessInfo("h", "host", 5, 1, "p", "/bin/p", "p")
+
+    def line(t: int) -> bytes:
+        return orjson.dumps({"evt.num": 1, "evt.rawtime": t, "evt.type": "read",
+                             "evt.dir": "<", "evt.rawres": 1, "proc.pid": 5,
+                             "proc.ppid": 1, "thread.tid": 5, "proc.name": "p",
+                             "proc.exe": "/bin/p", "proc.cmdline": "p"})
+    lines = [line(ts - 5), TICK, line(ts - 1), TICK, line(ts + 1), TICK]
+    batches = [b for b in read_lines(lines, "h", ReadStats(), "sysdig-live",
+                                     cpu=_OneReading(info, ts))
+               if isinstance(b, EventBatch)]
+    order = [e.ts_ns for b in batches for e in b.events]
+    # Held over two ticks; released at the tick after the event stamped later.
+    assert order == [ts - 5, ts - 1, ts + 1, ts]
 
 
 def test_cpu_blind_copies_zero_the_block_and_skip_cpu_only_rows() -> None:
@@ -204,3 +243,57 @@ def test_alerts_carry_cpu_evidence_as_tags_when_there_are_readings() -> None:
                          model_name="systerns")
     assert tagged["tags"] == ["source:sysdig", "cpu_cores:1.00", "cpu_seconds:2.0",
                               "cpu_busy_threads:1", "cpu_silent_share:1.00"]
+
+
+def test_readings_never_open_a_session_nor_cut_one_of_another_image() -> None:
+    from systerns.core.sessions import SessionPolicy
+
+    info = ProcessInfo("h", "c", 5, 1, "p", "/bin/p", "p")
+    other = ProcessInfo("h", "c", 5, 1, "q", "/bin/q", "q")
+    store: dict = {}
+    sz = Sessionizer(store)
+    # Readings alone (before any syscall, or after the exit) open nothing.
+    assert sz.ingest(EventBatch(info, (Syscall(S, 5, CPU_EVENT, 1, ""),))) == []
+    assert store == {}
+    sz.ingest(EventBatch(info, tuple(Syscall(2 * S + i, 5, "read", 1, "")
+                                     for i in range(25))))
+    # A session opened after a reading starts at its first syscall.
+    assert store[info.key]["first_ts_ns"] == 2 * S
+    # Readings named after another image (the pid was reused): dropped.
+    assert sz.ingest(EventBatch(other, (Syscall(3 * S, 5, CPU_EVENT, 1, ""),))) == []
+    assert store[info.key]["comm"] == "p" and store[info.key]["cpu"] == {}
+    closed = sz.ingest(EventBatch(info, (Syscall(4 * S, 5, "exit", 0, ""),
+                                         Syscall(5 * S, 5, CPU_EVENT, 9, ""))))
+    assert [j.trigger for j in closed] == ["exit"] and store == {}
+
+    # Eviction counts readings as activity: the quiet miner stays.
+    sz = Sessionizer({}, SessionPolicy(max_sessions=2))
+    miner = ProcessInfo("h", "c", 1, 0, "m", "/m", "m")
+    busy = ProcessInfo("h", "c", 2, 0, "b", "/b", "b")
+    sz.ingest(EventBatch(miner, tuple(Syscall(i, 1, "read", 1, "") for i in range(25))))
+    sz.ingest(EventBatch(busy, (Syscall(5 * S, 2, "read", 1, ""),)))
+    sz.ingest(EventBatch(miner, (Syscall(9 * S, 1, CPU_EVENT, 1, ""),)))
+    evicted = sz.ingest(EventBatch(ProcessInfo("h", "c", 3, 0, "n", "/n", "n"),
+                                   (Syscall(10 * S, 3, "read", 1, ""),)))
+    assert miner.key in sz.store and busy.key not in sz.store
+    assert [j.trigger for j in evicted] in ([], ["evicted"])
+
+
+def test_batches_count_syscalls_without_readings() -> None:
+    info = ProcessInfo("h", "c", 5, 1, "p", "/bin/p", "p")
+    batch = EventBatch(info, (Syscall(1, 5, "read", 1, ""), Syscall(2, 5, CPU_EVENT, 7, ""),
+                              Syscall(3, 5, "write", 1, "")))
+    assert len(batch) == 3 and batch.syscall_count() == 2
+
+
+def test_stamps_that_are_not_numbers_and_pid_cycles_do_not_break_readers(
+    tmp_path: Path,
+) -> None:
+    lines = ["7 1e400 read(3) = 1\n", "7 nan write(1) = 1\n", "7 5.0 close(3) = 0\n"]
+    out = list(merge_samples(lines, [CpuSample(4 * S, 7, 7, 1)]))
+    assert out == [lines[0], lines[1], CpuSample(4 * S, 7, 7, 1), lines[2]]
+    rest = "0 0 0 0 0 0 0 0 0 1 1 0 0 20 0 1 0"
+    for pid, ppid in ((10, 20), (20, 10)):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (x) S {ppid} {rest}")
+    assert descendants(10, proc=tmp_path) == [10, 20]
