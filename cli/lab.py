@@ -54,6 +54,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-miner", action="store_true")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--family-runs", type=int, default=0,
+                   help="with --add: record the held-out family again, this many runs "
+                        "(replacing its runs)")
     args = p.parse_args(argv)
 
     def progress(done: int, total: int, run_id: str = "", *_: object) -> None:
@@ -61,6 +64,8 @@ def main(argv: list[str]) -> int:
 
     if args.runtimes and not args.add:
         p.error("--runtimes goes with --add")
+    if args.family_runs and not args.add:
+        p.error("--family-runs goes with --add")
     if args.add:
         runtimes = (frozenset(r.strip() for r in args.runtimes.split(",") if r.strip())
                     if args.runtimes else None)
@@ -68,7 +73,7 @@ def main(argv: list[str]) -> int:
                             jsminer_runs=0 if args.no_miner else args.jsminer_runs,
                             plminer_runs=0 if args.no_miner else args.plminer_runs,
                             runtimes=runtimes, workers=args.workers,
-                            progress=progress))
+                            family_runs=args.family_runs, progress=progress))
         return 0
     manifest = build_corpus(args.out, runs_per_command=args.runs_per_command,
                             include_miner=not args.no_miner, seed=args.seed,

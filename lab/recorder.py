@@ -569,14 +569,15 @@ def add_to_corpus(
     progress: Progress | None = None,
     plminer_runs: int = 0,
     runtimes: frozenset[str] | None = None,
+    family_runs: int = 0,
 ) -> Path:
-    """Record the services and the script miners into an existing corpus.
+    """Record the services, the script miners and the held-out family into a corpus.
 
     The runs already in the manifest and their traces stay as they are; runs
     of the kinds recorded now (the services of each runtime recorded when
     ``daemon_runs``, all of them unless ``runtimes`` names some; the Node or
-    Perl miner when ``jsminer_runs`` or ``plminer_runs``) that an earlier
-    addition made are replaced. New runs get their split
+    Perl miner when ``jsminer_runs`` or ``plminer_runs``; the held-out family
+    when ``family_runs``) that an earlier build or addition made are replaced. New runs get their split
     from ``assign_splits`` with the corpus's seed (per label, so the splits of
     existing labels do not move). The manifest says which build added what.
 
@@ -615,6 +616,9 @@ def add_to_corpus(
         seed=seed, workers=workers, progress=progress,
     )
     assign_splits(new, seed)
+    family = _record_family(sb, out_dir / "traces", family_runs, seed, progress, 0)
+    failed += max(family_runs, 0) - len(family)
+    new += family
     # Every new run id starts with one of these prefixes.
     recorded = info.get("daemons", {}).get("runtimes", "")
     services = (["daemon-"] if runtimes is None
@@ -622,7 +626,8 @@ def add_to_corpus(
     replaced = tuple(
         (services if daemon_runs > 0 else [])
         + [f"{label}-" for label, n in ((JSMINER_LABEL, jsminer_runs),
-                                        (PLMINER_LABEL, plminer_runs)) if n > 0])
+                                        (PLMINER_LABEL, plminer_runs)) if n > 0]
+        + sorted({f"{r['family']}-" for r in family if r.get("family")}))
     kept = [r for r in manifest["runs"] if not r["run_id"].startswith(replaced)]
     manifest["runs"] = kept + new
     for key, value in info.items():
@@ -642,6 +647,7 @@ def add_to_corpus(
         "daemon_runs": daemon_runs,
         "jsminer_runs": jsminer_runs,
         "plminer_runs": plminer_runs,
+        "family_runs": family_runs,
         "daemon_runtimes": ",".join(sorted(runtimes)) if runtimes else "all",
         "runs": len(new),
         "wall_s": round(time.monotonic() - t0, 1),

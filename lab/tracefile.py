@@ -67,8 +67,13 @@ def run_harness(cmd: list[str], *, env: dict[str, str], cwd: Path, trace: Path,
     with open(samples_path(trace), "w", encoding="ascii") as cpu_fh:
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
-        with TreeSampler(proc.pid, file_sink(cpu_fh)):
-            out, err = proc.communicate()
+        try:
+            with TreeSampler(proc.pid, file_sink(cpu_fh), trace=trace):
+                out, err = proc.communicate()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     duration_s = time.monotonic() - t0
     if not trace.is_file() or trace.stat().st_size == 0:

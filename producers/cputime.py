@@ -20,6 +20,7 @@ and parentheses), and anything unreadable is skipped.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +41,8 @@ _TICK_NS = 1_000_000_000 // (os.sysconf("SC_CLK_TCK") or 100)
 #: a recording merged offline), or this long at most (a source with nothing
 #: to say).
 READING_HOLD_S = 3.0
+#: Bytes of a followed trace read per reading at most (the rest next time).
+MAX_FOLLOW_BYTES = 64 << 20
 #: Threads read per process at most (a hostile process may start thousands).
 MAX_TASKS = 256
 _PROC = Path("/proc")
@@ -134,21 +137,77 @@ def descendants(root: int, proc: Path = _PROC) -> list[int]:
     return out
 
 
+class TraceFollower:
+    """The thread groups a growing strace file names, read as it grows.
+
+    strace puts each line's thread id first. A process that left the tree
+    below strace (a dropper's payload, started in the background and
+    reparented once the dropper exits, as droppers do) is still named there.
+    Thread ids are mapped to their thread group once, from
+    ``/proc/<tid>/status``.
+    """
+
+    _LINE_PID = re.compile(rb"^(\d+) ", re.M)
+
+    def __init__(self, path: Path, proc: Path = _PROC) -> None:
+        self.path = Path(path)
+        self.proc = proc
+        self.pids: set[int] = set()
+        self._tids: dict[int, int] = {}
+        self._offset = 0
+        self._rest = b""
+
+    def poll(self) -> set[int]:
+        """Thread groups named so far (those whose group is still known)."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read(MAX_FOLLOW_BYTES)
+        except OSError:
+            return self.pids
+        self._offset += len(chunk)
+        data = self._rest + chunk
+        cut = data.rfind(b"\n") + 1
+        self._rest = data[cut:][-256:]
+        for m in set(self._LINE_PID.findall(data[:cut])):
+            tid = int(m)
+            if tid in self._tids:
+                continue
+            tgid = self._tgid(tid)
+            self._tids[tid] = tgid
+            if tgid:
+                self.pids.add(tgid)
+        return self.pids
+
+    def _tgid(self, tid: int) -> int:
+        try:
+            status = (self.proc / str(tid) / "status").read_text(errors="replace")
+        except OSError:
+            return 0
+        for line in status.splitlines():
+            if line.startswith("Tgid:"):
+                value = line[5:].strip()
+                return int(value) if value.isdigit() else 0
+        return 0
+
+
 class TreeSampler:
     """Reads the CPU time of a process tree in a thread, every ``every_s``.
 
     Used where the collector starts the program itself (a traced command, a lab
     run): the tree below the process it started is read, including processes
     that are not traced (those are dropped by the parser, which knows only the
-    traced ones).
+    traced ones), and, with ``trace``, every process the trace names (a
+    payload that left the tree).
     """
 
     def __init__(self, root_pid: int, sink: Callable[[list[CpuSample]], None],
-                 every_s: float = SAMPLE_EVERY_S) -> None:
+                 every_s: float = SAMPLE_EVERY_S, trace: Path | None = None) -> None:
         self.root_pid = root_pid
         self.sink = sink
         self.every_s = every_s
         self.readings = 0
+        self._follow = TraceFollower(trace) if trace is not None else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="systerns-cpu-sampler",
                                         daemon=True)
@@ -165,7 +224,11 @@ class TreeSampler:
         while not self._stop.wait(self.every_s):
             ts = time.time_ns()
             out: list[CpuSample] = []
-            for pid in descendants(self.root_pid):
+            pids = descendants(self.root_pid)
+            if self._follow is not None:
+                named = self._follow.poll() - set(pids)
+                pids.extend(sorted(named))
+            for pid in pids:
                 out.extend(read_process(pid, ts))
             if out:
                 self.readings += 1

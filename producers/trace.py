@@ -658,7 +658,8 @@ def record(
             start_new_session=True,
         )
         limit_s = None if timeout_s is None else timeout_s + KILL_GRACE_S + 10.0
-        sampler = TreeSampler(proc.pid, cpu_sink) if cpu_sink is not None else None
+        sampler = (TreeSampler(proc.pid, cpu_sink, trace=out_path)
+                   if cpu_sink is not None else None)
         try:
             if sampler is not None:
                 sampler.__enter__()

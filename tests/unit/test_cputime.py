@@ -297,3 +297,42 @@ def test_stamps_that_are_not_numbers_and_pid_cycles_do_not_break_readers(
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "stat").write_text(f"{pid} (x) S {ppid} {rest}")
     assert descendants(10, proc=tmp_path) == [10, 20]
+
+
+def test_a_payload_that_left_the_tree_is_still_read(tmp_path: Path) -> None:
+    # A dropper starts its payload in the background and exits at once, as
+    # droppers do: the payload is reparented away from strace's tree, but the
+    # trace names it, so its CPU is still read.
+    payload = ("import time\n"
+               "end = time.monotonic() + 2.5\n"
+               "while time.monotonic() < end: pass\n")
+    trace = tmp_path / "dropper.strace"
+    with open(samples_path(trace), "w") as fh:
+        rc = record(["/bin/sh", "-c", f'{sys.executable} -c "$0" & exit 0', payload],
+                    trace, cpu_sink=file_sink(fh))
+    assert rc == 0
+    store: dict = {}
+    sz = Sessionizer(store)
+    judged = []
+    for b in parse_trace_file(trace, host="h"):
+        judged += sz.ingest(b)
+    judged += sz.flush()
+    busy = [j.session for j in judged if j.final and j.session["cpu"]]
+    assert busy, "no session of the payload has CPU readings"
+    assert max(vectorize(s)[CPU + 2] for s in busy) > 0.3
+
+
+def test_trace_follower_maps_thread_ids_to_their_group(tmp_path: Path) -> None:
+    from systerns.producers.cputime import TraceFollower
+
+    for tid, tgid in ((30, 30), (31, 30), (40, 40)):
+        (tmp_path / "proc" / str(tid)).mkdir(parents=True)
+        (tmp_path / "proc" / str(tid) / "status").write_text(
+            f"Name:\tx\nTgid:\t{tgid}\nPid:\t{tid}\n")
+    trace = tmp_path / "t.strace"
+    trace.write_text("30 1.0 read(0) = 1\n31 1.1 futex(0x1) = 0\n99 1.2 wri")
+    follow = TraceFollower(trace, proc=tmp_path / "proc")
+    assert follow.poll() == {30}  # 99 is gone from /proc; the cut line waits
+    with open(trace, "a") as fh:
+        fh.write("te(1) = 1\n40 2.0 close(3) = 0\n")
+    assert follow.poll() == {30, 40}

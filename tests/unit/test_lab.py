@@ -293,6 +293,15 @@ def test_one_family_run_records_the_attack(tmp_path: Path) -> None:
         "bot.service",
         "crontab",
     ]
+    # The payload runs on after the dropper exits, out of strace's process
+    # tree: its CPU is still read, because the trace names it.
+    assert entry["cpu_readings"] > 0
+    from systerns.core.events import CPU_EVENT, EventBatch
+    from systerns.producers.trace import parse_trace_file
+
+    payload = [b for b in parse_trace_file(tmp_path / entry["trace"], host="h")
+               if isinstance(b, EventBatch) and b.process.comm == run.payload_name[:15]]
+    assert any(e.name == CPU_EVENT for b in payload for e in b.events)
 
 
 def test_hard_negatives_are_benign_long_and_labelled(tmp_path: Path) -> None:
