@@ -55,11 +55,19 @@ class VerdictPolicy:
         malicious_threshold: probability at or above which a session is mining.
         masquerade_confidence: confidence needed to say what a process really is.
         masquerade_min_events: fewer syscalls than this never claim masquerading.
+        masquerade_needs_exec: claim masquerading only for a session that holds
+            its image's ``execve``: what a program does from its start says
+            which program it is; a daemon met mid-life (started before the
+            collector, or before a capture began) shows only its steady state,
+            where servers of every kind look alike (a ``mysqld`` read mid-life
+            looks like the lab's Python service). Such sessions are still
+            judged for mining.
     """
 
     malicious_threshold: float = 0.9
     masquerade_confidence: float = 0.95
     masquerade_min_events: int = 200
+    masquerade_needs_exec: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +144,8 @@ def reasons_for(session: dict, answer: ModelAnswer, policy: VerdictPolicy) -> li
         answer.behaves_like != "unknown"
         and _family_confidence(answer) >= policy.masquerade_confidence
         and session["n_events"] >= policy.masquerade_min_events
+        and (not policy.masquerade_needs_exec
+             or session["counts"].get("execve", 0) > 0)
         and not names_match(session["comm"], answer.behaves_like)
         and not names_match(session["exe"], answer.behaves_like)
     ):

@@ -17,6 +17,7 @@ import structlog
 
 from systerns.core.events import CPU_EVENT
 from systerns.core.features import OFFSETS
+from systerns.core.syscalls import VOCAB_INDEX
 from systerns.core.verdicts import ModelAnswer, VerdictPolicy, names_match, reasons_for
 from systerns.serving.baselines import (
     NgramBaseline,
@@ -60,6 +61,10 @@ def _run_index(split: Split) -> list[np.ndarray]:
     _, first, inverse = np.unique(split.run_ids, return_index=True, return_inverse=True)
     order = np.argsort(first)
     return [np.flatnonzero(inverse == k) for k in order]
+
+
+#: Column saying a session holds an ``execve`` (``syscall_seen`` block).
+_EXECVE_SEEN = OFFSETS["syscall_seen"] + VOCAB_INDEX["execve"]
 
 
 def split_metrics(
@@ -123,7 +128,8 @@ def split_metrics(
         [
             "masquerading"
             in reasons_for(
-                {"n_events": int(n_ev), "comm": str(shown), "exe": str(shown)},
+                {"n_events": int(n_ev), "comm": str(shown), "exe": str(shown),
+                 "counts": {"execve": int(ex)}},
                 ModelAnswer(
                     classes[p],
                     float(c),
@@ -133,9 +139,11 @@ def split_metrics(
                 ),
                 policy,
             )
-            for n_ev, shown, p, c, m, row, ranked in zip(
+            for n_ev, shown, ex, p, c, m, row, ranked in zip(
                 split.n_events,
                 split.shown_names,
+                # The row's session holds its image's execve (not a mid-life view).
+                split.features[:, _EXECVE_SEEN] > 0,
                 predicted,
                 confidence,
                 malicious,

@@ -14,7 +14,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from systerns.core.events import EventBatch, ProcessInfo, Syscall
-from systerns.core.features import FEATURE_DIM
+from systerns.core.features import FEATURE_DIM, OFFSETS
+from systerns.core.syscalls import VOCAB_INDEX
 from systerns.serving import dataset as dataset_module
 from systerns.serving import evaluate as evaluate_module
 from systerns.serving.client import LocalModel
@@ -58,8 +59,11 @@ def _split(
     n_events: list[int],
 ) -> Split:
     n = len(labels)
+    features = np.zeros((n, FEATURE_DIM), np.float32)
+    # Whole sessions, from their execve (masquerading needs the image's start).
+    features[:, OFFSETS["syscall_seen"] + VOCAB_INDEX["execve"]] = 1.0
     return Split(
-        features=np.zeros((n, FEATURE_DIM), np.float32),
+        features=features,
         labels=np.array(labels, np.int32),
         label_names=np.array([names[x] for x in labels], object),
         malicious=np.array(mal, np.float32),

@@ -21,7 +21,8 @@ def session(comm="kworker", exe="/tmp/kworker", cmdline="kworker", n=500):
             "container_image": "img", "pid": 7, "ppid": 1, "comm": comm, "exe": exe,
             "cmdline": cmdline, "exec_id": "123", "first_ts_ns": 10**18,
             "last_ts_ns": 10**18 + 5 * 10**9, "n_events": n, "failed": 0,
-            "counts": {"read": n - 10, "sched_setaffinity": 10}, "paths": {"sys_cpu": 4},
+            "counts": {"execve": 1, "read": n - 11, "sched_setaffinity": 10},
+            "paths": {"sys_cpu": 4},
             "tids": [7, 8], "sample_paths": ["/sys/devices/system/cpu/online"]}
 
 
@@ -78,7 +79,7 @@ def test_alert_has_the_evidence_and_fits_the_schema():
     assert a["mitre_technique"] == "T1496"
     assert a["process_tree"] == [{"pid": 7, "name": "kworker"}, {"pid": 1, "name": "bash"}]
     assert "hunter2" not in a["cmdline"] and ":pw@" not in a["cmdline"]
-    assert a["evidence"]["top_syscalls"][0] == {"name": "read", "count": 490}
+    assert a["evidence"]["top_syscalls"][0] == {"name": "read", "count": 489}
     codec = Codec("alert")
     assert codec.decode(codec.encode(a)) == a
 
@@ -101,3 +102,13 @@ def test_hostile_text_is_cleaned_and_capped():
     assert "\x1b" not in out and "\u202e" not in out and "\x00" not in out
     assert len(out) < 100
     assert len(clean_cmdline("x " * 100_000)) < 1100
+
+
+def test_masquerading_needs_the_image_start_unless_the_policy_says_otherwise():
+    ans = ModelAnswer("sha256sum", 0.99, 0.01, 1)
+    midlife = session()
+    midlife["counts"] = {"read": 490, "sched_setaffinity": 10}  # no execve seen
+    assert reasons_for(midlife, ans, VerdictPolicy()) == []
+    assert reasons_for(midlife, ans, VerdictPolicy(masquerade_needs_exec=False)) == [
+        "masquerading"]
+    assert reasons_for(session(), ans, VerdictPolicy()) == ["masquerading"]
