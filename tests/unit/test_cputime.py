@@ -122,6 +122,17 @@ def test_readings_are_not_syscalls_and_the_first_one_is_a_baseline() -> None:
     assert FEATURE_DIMS[3] == FEATURE_DIMS[2] + 6 == len(v)
 
 
+def _record_and_judge(argv: list[str], trace: Path) -> list:
+    """Record a real command with CPU readings; every judgement of its sessions."""
+    with open(samples_path(trace), "w") as fh:
+        assert record(argv, trace, cpu_sink=file_sink(fh)) == 0
+    sz = Sessionizer({})
+    judged = []
+    for b in parse_trace_file(trace, host="h"):
+        judged += sz.ingest(b)
+    return judged + sz.flush()
+
+
 def test_a_recorded_silent_busy_thread_shows_in_the_cpu_block(tmp_path: Path) -> None:
     # One thread computes for ~2.5 s without a syscall while the main thread
     # waits in join: the miner's shape, recorded for real.
@@ -131,17 +142,9 @@ def test_a_recorded_silent_busy_thread_shows_in_the_cpu_block(tmp_path: Path) ->
             "    while time.monotonic() < end: pass\n"
             "t = threading.Thread(target=spin); t.start(); t.join()\n")
     trace = tmp_path / "busy.strace"
-    with open(samples_path(trace), "w") as fh:
-        rc = record([sys.executable, "-c", prog], trace, cpu_sink=file_sink(fh))
-    assert rc == 0
+    judged = _record_and_judge([sys.executable, "-c", prog], trace)
     samples = read_samples(samples_path(trace))
     assert len({s.ts_ns for s in samples}) >= 2
-    store: dict = {}
-    sz = Sessionizer(store)
-    judged = []
-    for b in parse_trace_file(trace, host="h"):
-        judged += sz.ingest(b)
-    judged += sz.flush()
     main = [j.session for j in judged if j.final and j.session["cpu"]
             and j.session["comm"].startswith("python")]
     assert main
@@ -306,17 +309,9 @@ def test_a_payload_that_left_the_tree_is_still_read(tmp_path: Path) -> None:
     payload = ("import time\n"
                "end = time.monotonic() + 2.5\n"
                "while time.monotonic() < end: pass\n")
-    trace = tmp_path / "dropper.strace"
-    with open(samples_path(trace), "w") as fh:
-        rc = record(["/bin/sh", "-c", f'{sys.executable} -c "$0" & exit 0', payload],
-                    trace, cpu_sink=file_sink(fh))
-    assert rc == 0
-    store: dict = {}
-    sz = Sessionizer(store)
-    judged = []
-    for b in parse_trace_file(trace, host="h"):
-        judged += sz.ingest(b)
-    judged += sz.flush()
+    judged = _record_and_judge(
+        ["/bin/sh", "-c", f'{sys.executable} -c "$0" & exit 0', payload],
+        tmp_path / "dropper.strace")
     busy = [j.session for j in judged if j.final and j.session["cpu"]]
     assert busy, "no session of the payload has CPU readings"
     assert max(vectorize(s)[CPU + 2] for s in busy) > 0.3
