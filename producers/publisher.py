@@ -49,21 +49,23 @@ from systerns.schemas.records import batch_to_record
 log = structlog.get_logger(__name__)
 MAX_RAW_BYTES = 64 * 1024
 
-SENT = Counter("systerns_collector_events_sent_total", "Syscall events queued")
+# Events are syscalls and CPU readings (``cpu_time``) alike: the collector
+# carries both in its batches and accounts for every one the same way.
+SENT = Counter("systerns_collector_events_sent_total", "Events queued")
 DELIVERED = Counter("systerns_collector_events_delivered_total",
-                    "Syscall events acknowledged by the brokers")
+                    "Events acknowledged by the brokers")
 FAILED = Counter("systerns_collector_events_failed_total",
-                 "Syscall events whose delivery failed")
+                 "Events whose delivery failed")
 DEAD = Counter("systerns_collector_dead_letters_total", "Records dead-lettered",
                ["reason"])
 QUEUE_FULL = Counter("systerns_collector_queue_full_waits_total",
                      "Waits on the bounded producer queue")
 SPILLED = Counter("systerns_collector_events_spilled_total",
-                  "Syscall events written to the spool during an outage")
+                  "Events written to the spool during an outage")
 REPLAYED = Counter("systerns_collector_events_replayed_total",
-                   "Syscall events read back from the spool and sent again")
+                   "Events read back from the spool and sent again")
 DROPPED = Counter("systerns_collector_events_dropped_total",
-                  "Syscall events dropped by the outage policy", ["reason"])
+                  "Events dropped by the outage policy", ["reason"])
 POLICIES = ("block", "spill", "drop")
 #: Spool frame header: topic, key (0xFFFFFFFF = no key) and value lengths, events.
 _FRAME = struct.Struct(">HIII")
