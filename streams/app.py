@@ -964,6 +964,7 @@ def balance(totals: dict) -> dict:
         "events_dead_lettered": totals["events_dead_lettered"],
         "records_replayed": totals.get("records_replayed", 0),
         "events_replayed": totals.get("events_replayed", 0),
+        "cpu_readings_in": totals.get("cpu_readings", 0),
         "unaccounted_records": unaccounted(totals),
         "balanced": unaccounted(totals) == 0 and totals["events"] == (
             totals["events_sessionized"] + totals["events_dead_lettered"]

@@ -33,7 +33,9 @@ def start_outage(stack: LocalStack, procs: dict) -> None:
 
 def test_judgements_wait_behind_the_breaker_and_drain(broker, find_batches):
     procs = processes(find_batches, 4, host="model-down", stretch_s=2, renamed=False)
-    total = {pid: sum(len(b) for b in bs) for pid, bs in procs.items()}
+    # Syscalls per process: what a session counts (CPU readings that the
+    # recording may hold travel too, but are not syscalls).
+    total = {pid: sum(b.syscall_count() for b in bs) for pid, bs in procs.items()}
 
     stack = LocalStack(bootstrap=broker, idle_s=120.0)
     try:
@@ -69,7 +71,9 @@ def test_closed_sessions_survive_a_worker_crash_during_the_outage(broker,
     """
     procs = processes(find_batches, 4, host="crash-in-outage", stretch_s=2,
                       renamed=False)
-    total = {pid: sum(len(b) for b in bs) for pid, bs in procs.items()}
+    # Syscalls per process: what a session counts (CPU readings that the
+    # recording may hold travel too, but are not syscalls).
+    total = {pid: sum(b.syscall_count() for b in bs) for pid, bs in procs.items()}
 
     stack = LocalStack(bootstrap=broker, idle_s=120.0)
     try:
