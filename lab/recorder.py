@@ -577,9 +577,10 @@ def add_to_corpus(
     of the kinds recorded now (the services of each runtime recorded when
     ``daemon_runs``, all of them unless ``runtimes`` names some; the Node or
     Perl miner when ``jsminer_runs`` or ``plminer_runs``; the held-out family
-    when ``family_runs``) that an earlier build or addition made are replaced. New runs get their split
-    from ``assign_splits`` with the corpus's seed (per label, so the splits of
-    existing labels do not move). The manifest says which build added what.
+    when ``family_runs``) that an earlier build or addition made are replaced.
+    New runs get their split from ``assign_splits`` with the corpus's seed (per
+    label, so the splits of existing labels do not move); the family's runs
+    stay ``heldout``. The manifest says which build added what.
 
     Raises:
         SourceError: no readable manifest in ``out_dir`` (checked before

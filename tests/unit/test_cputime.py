@@ -1,4 +1,4 @@
-"""CPU readings from /proc: reading, carrying them through parsers, sessions and features."""
+"""CPU readings from /proc: read, parsed, folded into sessions, made features."""
 
 from __future__ import annotations
 
