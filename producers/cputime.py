@@ -206,7 +206,6 @@ class TreeSampler:
         self.root_pid = root_pid
         self.sink = sink
         self.every_s = every_s
-        self.readings = 0
         self._follow = TraceFollower(trace) if trace is not None else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="systerns-cpu-sampler",
@@ -231,7 +230,6 @@ class TreeSampler:
             for pid in pids:
                 out.extend(read_process(pid, ts))
             if out:
-                self.readings += 1
                 try:
                     self.sink(out)
                 except Exception:  # noqa: BLE001 - a broken sink stops sampling, logged
@@ -255,7 +253,6 @@ class ProcWatch:
         self.keep_ns = int(keep_s * 1e9)
         self.max_processes = max_processes
         self.proc = host_proc() if proc is None else proc
-        self.readings = 0
         self._seen: dict[str, tuple[ProcessInfo, int]] = {}
 
     def __len__(self) -> int:
@@ -280,7 +277,6 @@ class ProcWatch:
                 continue
             out.extend((info, Syscall(s.ts_ns, s.tid, CPU_EVENT, s.cpu_ns, ""))
                        for s in samples)
-        self.readings += len(out)
         return out
 
 
